@@ -1,0 +1,119 @@
+"""The typed job messages on Redis and their results (pydantic, schema-versioned).
+
+Only the server's *name* travels: credentials stay in the registry each worker reads, so a queue
+dump never leaks a secret. Another service can build these with `producer.api` or push the JSON
+that `ifbus schema` prints.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+from typing import Annotated, Any, Literal, Union
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, TypeAdapter
+
+from bus.errors import BusError, Outcome
+from bus.validate import check_key, check_name, check_value
+
+SCHEMA_VERSION = 1
+
+
+def _checked(check: Callable[[str], str]) -> AfterValidator:
+    """pydantic reports only ValueErrors as validation errors; ours carry a user-facing message."""
+
+    def validate(value: str) -> str:
+        try:
+            return check(value)
+        except BusError as exc:
+            raise ValueError(exc.message) from None
+
+    return AfterValidator(validate)
+
+
+ServerName = Annotated[str, _checked(check_name)]
+Word = Annotated[str, _checked(lambda v: check_value("value", v))]
+Key = Annotated[str, _checked(check_key)]
+
+
+def new_request_id() -> str:
+    return uuid.uuid4().hex
+
+
+class _Request(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    schema_version: Literal[1] = SCHEMA_VERSION
+    request_id: str = Field(default_factory=new_request_id, pattern=r"^[A-Za-z0-9_-]{8,64}$")
+    server: ServerName
+    reply_key: str | None = Field(
+        default=None, description="Redis list the worker LPUSHes the JobResult JSON to; None = nobody waits"
+    )
+    timeout: float = Field(default=60.0, gt=0, le=3600, description="Seconds the caller waits for the answer")
+
+
+class TestRequest(_Request):
+    """Check the management API answers and the credentials work."""
+
+    op: Literal["test"] = "test"
+
+
+class CallRequest(_Request):
+    """Place a click-to-call: ring `from`, connect it to `to`."""
+
+    op: Literal["call"] = "call"
+    from_: Word = Field(alias="from")
+    to: Word
+    until: Literal["answered", "accepted"] = Field(
+        default="answered",
+        description="'answered': report the call's setup outcome (call id or SIP code); "
+        "'accepted': return as soon as the server accepted the request",
+    )
+    extras: dict[Key, Word] = Field(default_factory=dict, description="vendor extras, e.g. twiml=, url=")
+
+
+class HangupRequest(_Request):
+    """End a call by the id `call` returned."""
+
+    op: Literal["hangup"] = "hangup"
+    call_id: Word
+    extras: dict[Key, Word] = Field(default_factory=dict)
+
+
+JobRequest = Annotated[Union[TestRequest, CallRequest, HangupRequest], Field(discriminator="op")]
+REQUEST_ADAPTER: TypeAdapter[JobRequest] = TypeAdapter(JobRequest)
+
+
+class JobResult(BaseModel):
+    """The one final answer to a request; `exit_code` is the CLI's (DESIGN.md table)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    schema_version: Literal[1] = SCHEMA_VERSION
+    request_id: str
+    op: Literal["test", "call", "hangup"]
+    server: str
+    outcome: Outcome
+    exit_code: int
+    message: str
+    call_id: str | None = None
+    sip_code: int | None = None
+    reason: str | None = None
+    data: dict[str, Any] = Field(default_factory=dict)
+    attempts: dict[str, int] = Field(default_factory=dict, description="attempts made on each server tried")
+    mode: Literal["queue", "inline"] = "queue"
+
+    @property
+    def ok(self) -> bool:
+        return self.outcome is Outcome.OK
+
+
+def parse_request(payload: Any) -> _Request:
+    return REQUEST_ADAPTER.validate_python(payload)
+
+
+def json_schemas() -> dict[str, Any]:
+    return {
+        "request": REQUEST_ADAPTER.json_schema(by_alias=True),
+        "result": JobResult.model_json_schema(),
+    }

@@ -1,0 +1,139 @@
+"""The server registry: names to entries, behind one small interface.
+
+The file `~/.if/sip_servers.json` is the first backend. Workers on other hosts need the same
+names, so a Redis-backed registry can be added later by implementing `Registry` in one module
+(DESIGN.md, "Where the registry lives").
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Iterator, Protocol
+
+from bus.errors import BusError, InvalidInput, NotFound, RegistryError
+from bus.server import ServerEntry
+from bus.validate import check_name
+
+FILE_NAME = "sip_servers.json"
+
+
+class Registry(Protocol):
+    def get(self, name: str) -> ServerEntry: ...
+
+    def entries(self) -> dict[str, ServerEntry]: ...
+
+    def add(self, name: str, entry: ServerEntry, replace: bool = False) -> None: ...
+
+    def remove(self, name: str) -> ServerEntry: ...
+
+
+class FileRegistry:
+    """A JSON file in the spec's shape, `name → {"type", "auth", …}`.
+
+    Writes go to a temp file in the same folder, are fsynced, then renamed over the old file, all
+    under an exclusive flock on a side lock file: readers never see half a file, and two concurrent
+    `add`s never lose an entry. A file that does not parse is reported and never rewritten.
+    """
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.path = folder / FILE_NAME
+
+    def get(self, name: str) -> ServerEntry:
+        check_name(name)
+        entries = self.entries()
+        if name not in entries:
+            raise NotFound(f"Not found: {name}")
+        return entries[name]
+
+    def entries(self) -> dict[str, ServerEntry]:
+        raw = self._read()
+        parsed: dict[str, ServerEntry] = {}
+        for name, value in raw.items():
+            try:
+                check_name(name)
+                parsed[name] = ServerEntry.from_dict(name, value)
+            except BusError as exc:
+                raise RegistryError(f"Registry {self.path} has an invalid entry: {exc.message}") from None
+        return parsed
+
+    def add(self, name: str, entry: ServerEntry, replace: bool = False) -> None:
+        check_name(name)
+        with self._locked():
+            raw = self._read()
+            if name in raw and not replace:
+                raise InvalidInput(f"Server {name!r} already exists: use --replace to overwrite it")
+            raw[name] = entry.to_dict()
+            self._write(raw)
+
+    def remove(self, name: str) -> ServerEntry:
+        check_name(name)
+        with self._locked():
+            raw = self._read()
+            if name not in raw:
+                raise NotFound(f"Not found: {name}")
+            entry = ServerEntry.from_dict(name, raw.pop(name))
+            self._write(raw)
+            return entry
+
+    def _read(self) -> dict:
+        try:
+            data = self.path.read_bytes()
+        except FileNotFoundError:
+            return {}
+        except OSError as exc:
+            raise RegistryError(f"Cannot read registry {self.path}: {exc.strerror or exc}") from None
+        try:
+            raw = json.loads(data.decode("utf-8")) if data.strip() else {}
+        except (UnicodeDecodeError, ValueError) as exc:
+            raise RegistryError(
+                f"Registry {self.path} is corrupt ({exc}); it was left untouched: fix it or move it away"
+            ) from None
+        if not isinstance(raw, dict):
+            raise RegistryError(f"Registry {self.path} is corrupt (expected a JSON object); it was left untouched")
+        return raw
+
+    def _write(self, raw: dict) -> None:
+        fd, tmp = tempfile.mkstemp(prefix=".sip_servers.", suffix=".tmp", dir=self.folder)
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as handle:
+                json.dump(raw, handle, indent=2, ensure_ascii=False)
+                handle.write("\n")
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.chmod(tmp, 0o600)
+            os.replace(tmp, self.path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+        dir_fd = os.open(self.folder, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        try:
+            self.folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+            os.chmod(self.folder, 0o700)
+            fd = os.open(self.folder / (FILE_NAME + ".lock"), os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError as exc:
+            raise RegistryError(f"Cannot write registry in {self.folder}: {exc.strerror or exc}") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)
+
+
+def open_registry(folder: Path | None = None) -> Registry:
+    from bus.paths import home
+
+    return FileRegistry(folder or home())

@@ -1,0 +1,121 @@
+"""The catalogue of server types: what each one needs and its class defaults.
+
+Plain data, so `list` and `add` can use it without importing any protocol code. Each entry is
+the "auto-optimal configuration per server class" of DESIGN.md: a user overrides any of the
+`defaults` per server with `add … --opt key=value`, and `list --json` shows the effective values.
+Facts and sources: ../shared/vendors.md §0 and §11.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Mapping
+
+# Timeouts in seconds; `attempts` is the per-server attempt budget for transient failures.
+_LAN = {"connect_timeout": "2", "read_timeout": "5", "attempts": "3"}
+_CLOUD = {"connect_timeout": "5", "read_timeout": "15", "attempts": "4"}
+
+
+@dataclass(frozen=True)
+class Vendor:
+    type: str
+    label: str
+    server_class: str  # "pbx" (on-LAN PBX), "proxy" (SIP proxy), "cloud" (cloud API)
+    auth_keys: tuple[str, ...]  # keys the spec's examples use; others are accepted with a warning
+    secret_keys: tuple[str, ...]  # masked wherever shown
+    port: int | None  # management API port; None for cloud vendors
+    base_url: str | None = None  # cloud vendors' public API
+    extra_options: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def defaults(self) -> dict[str, str]:
+        base = dict(_CLOUD if self.server_class == "cloud" else _LAN)
+        if self.base_url:
+            base["base_url"] = self.base_url
+        base.update(self.extra_options)
+        return base
+
+
+VENDORS: Mapping[str, Vendor] = MappingProxyType(
+    {
+        v.type: v
+        for v in (
+            Vendor("asterisk", "Asterisk (AMI)", "pbx", ("user", "secret"), ("secret",), 5038),
+            Vendor("freeswitch", "FreeSWITCH (ESL)", "pbx", ("apikey", "domain"), ("apikey",), 8021),
+            Vendor(
+                "kamailio",
+                "Kamailio (JSON-RPC)",
+                "proxy",
+                ("token", "realm"),
+                ("token",),
+                5060,
+                extra_options={"path": "/RPC", "scheme": "http", "fr_timer": "5", "fr_inv_timer": "30"},
+            ),
+            Vendor(
+                "opensips",
+                "OpenSIPS (mi_http)",
+                "proxy",
+                ("user", "secret", "domain"),
+                ("secret",),
+                8888,
+                extra_options={"path": "/mi", "scheme": "http"},
+            ),
+            Vendor(
+                "twilio",
+                "Twilio (REST 2010-04-01)",
+                "cloud",
+                ("account_sid", "auth_token"),
+                ("auth_token",),
+                None,
+                base_url="https://api.twilio.com",
+                extra_options={"answer_timeout": "60"},
+            ),
+            Vendor(
+                "vonage",
+                "Vonage (Voice API)",
+                "cloud",
+                ("api_key", "api_secret"),
+                ("api_secret", "private_key"),
+                None,
+                base_url="https://api.nexmo.com",
+            ),
+            Vendor(
+                "fusionpbx",
+                "FusionPBX (web + ESL)",
+                "pbx",
+                ("username", "password", "domain"),
+                ("password", "key"),
+                443,
+            ),
+        )
+    }
+)
+
+TYPES: tuple[str, ...] = tuple(VENDORS)
+
+# Words in a key that mark its value as a secret, for keys no vendor entry names.
+SECRET_WORDS = ("secret", "token", "password", "passwd", "apikey", "api_key", "key", "private")
+
+
+def vendor(type_: str) -> Vendor:
+    """The catalogue entry; unknown types are refused with the list of valid ones."""
+    from bus.errors import InvalidInput
+
+    try:
+        return VENDORS[type_]
+    except KeyError:
+        raise InvalidInput(f"Unknown server type {type_!r}: valid types are {', '.join(TYPES)}") from None
+
+
+def is_secret(type_: str, key: str) -> bool:
+    entry = VENDORS.get(type_)
+    if entry is not None and key in entry.secret_keys:
+        return True
+    lowered = key.lower()
+    return any(word in lowered for word in SECRET_WORDS) and key not in ("api_key", "account_sid")
+
+
+def mask(value: str) -> str:
+    """Enough to tell two long secrets apart, never enough to guess one."""
+    return "****" + value[-2:] if len(value) >= 12 else "****"

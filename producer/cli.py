@@ -1,0 +1,426 @@
+"""The `ifbus` / `if bus` command line: parsing and printing only.
+
+Heavy libraries (pydantic, redis, rq, httpx) are imported inside the commands that need them, so
+`ifbus list sip` and `--help` start in a few tens of milliseconds (bench/startup.py).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import sys
+from collections.abc import Callable
+from typing import Any, NoReturn
+
+import click
+
+from bus.errors import BusError, InvalidInput
+from bus.vendors import TYPES
+
+CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+KIND_HELP = "the word `sip` (the spec's grammar: `if bus <command> sip <name>`)"
+
+
+# ---------------------------------------------------------------- output helpers
+
+
+def emit(as_json: bool, obj: dict[str, Any], line: str) -> None:
+    click.echo(json.dumps(obj, ensure_ascii=False) if as_json else line)
+
+
+def fail(exc: BusError, as_json: bool) -> NoReturn:
+    if as_json:
+        click.echo(json.dumps({"ok": False, "outcome": exc.outcome.value, "exit_code": exc.exit_code,
+                               "message": exc.message, **exc.details}, ensure_ascii=False))
+    click.echo(exc.message if exc.message.startswith(("Not found", "Call failed")) else f"Error: {exc.message}",
+               err=True)
+    sys.exit(exc.exit_code)
+
+
+def guarded(func: Callable[..., None]) -> Callable[..., None]:
+    """Turn every failure into a message and an exit code: a user never sees a traceback."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> None:
+        as_json = bool(kwargs.get("as_json"))
+        try:
+            func(*args, **kwargs)
+        except BusError as exc:
+            fail(exc, as_json)
+        except KeyboardInterrupt:
+            click.echo("Interrupted", err=True)
+            sys.exit(130)
+        except (click.exceptions.Exit, click.ClickException, SystemExit):
+            raise
+        except Exception as exc:  # a bug: still no traceback on a user's terminal
+            fail(BusError(f"internal error ({type(exc).__name__}): {exc}"), as_json)
+
+    return wrapper
+
+
+def check_kind(kind: str) -> None:
+    if kind != "sip":
+        raise click.UsageError(f"expected `sip` after the command, got {kind!r} (e.g. `ifbus list sip`)")
+
+
+def json_option(func: Callable[..., None]) -> Callable[..., None]:
+    return click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")(func)
+
+
+class GreedyPairs(click.Command):
+    """Lets `--auth user=admin secret=pass123` take every key=value word that follows it, as the
+    spec writes it, by rewriting it to repeated `--auth` options before click parses."""
+
+    greedy = ("--auth", "--opt")
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        out: list[str] = []
+        current: str | None = None
+        for arg in args:
+            if arg in self.greedy:
+                current = arg
+                continue
+            if current and not arg.startswith("-") and "=" in arg:
+                out += [current, *_split_quoted(arg)]
+                continue
+            if current and not out[-2:-1] == [current]:
+                raise click.UsageError(f"{current} expects key=value words, got {arg!r}", ctx)
+            current = None
+            out.append(arg)
+        if current and (not out or out[-2:-1] != [current]):
+            raise click.UsageError(f"{current} expects key=value words", ctx)
+        return super().parse_args(ctx, out)
+
+
+def _split_quoted(arg: str) -> list[str]:
+    """`--auth "user=admin secret=x"` (one quoted word) also works, when every part is a pair."""
+    parts = arg.split()
+    return parts if len(parts) > 1 and all("=" in p for p in parts) else [arg]
+
+
+# ---------------------------------------------------------------- commands
+
+
+@click.group(context_settings=CONTEXT)
+@click.version_option(package_name="ifbus-sip", prog_name="ifbus")
+def cli() -> None:
+    """Place, test and hang up calls on SIP/VoIP servers (Asterisk, FreeSWITCH, Kamailio, OpenSIPS,
+    Twilio, Vonage, FusionPBX) from one command line and one Redis queue.
+
+    \b
+      ifbus add sip mykam --type kamailio --auth token=xyz789 realm=sip.local
+      ifbus test sip mykam
+      ifbus call sip mykam from=1001 to=2000
+      ifbus hangup sip mykam call_id=<id from call>
+      ifbus list sip
+      ifbus remove sip mykam
+
+    `if bus …` is the same program (`if` is a shell keyword: type `\\if bus …` at a prompt).
+    Jobs go through Redis when IFBUS_REDIS_URL is set or a Redis answers on 127.0.0.1:6379,
+    else they run in this process. Registry: ~/.if/sip_servers.json (IFBUS_HOME moves it).
+    """
+
+
+@cli.command(cls=GreedyPairs, context_settings=CONTEXT)
+@click.argument("kind", metavar="sip")
+@click.argument("name")
+@click.argument("type_arg", metavar="[TYPE]", required=False)
+@click.option("--type", "type_opt", help=f"Server type: {', '.join(TYPES)}.")
+@click.option("--auth", "auth", multiple=True, metavar="KEY=VALUE…", help="Credentials, e.g. --auth token=x realm=y.")
+@click.option("--host", help="Management host (default: the domain/realm given, else 127.0.0.1).")
+@click.option("--port", type=click.IntRange(1, 65535), help="Management port (default: the vendor's).")
+@click.option("--pool", help="Failover pool name (default: the server type).")
+@click.option("--opt", "opts", multiple=True, metavar="KEY=VALUE…", help="Per-server option, e.g. --opt path=/RPC.")
+@click.option("--replace", is_flag=True, help="Overwrite an existing entry of the same name.")
+@json_option
+@guarded
+def add(kind: str, name: str, type_arg: str | None, type_opt: str | None, auth: tuple[str, ...],
+        host: str | None, port: int | None, pool: str | None, opts: tuple[str, ...], replace: bool,
+        as_json: bool) -> None:
+    """Register a server.
+
+    \b
+    Examples (the spec's forms):
+      ifbus add sip myast --type asterisk --auth user=admin secret=pass123
+      ifbus add sip myfs --type freeswitch --auth apikey=ABC123 domain=fs.local
+      ifbus add sip mykam --type kamailio --auth token=xyz789 realm=sip.local --port 5060
+      ifbus add sip myos --type opensips --auth user=admin secret=pass domain=opensips.local
+      ifbus add sip mytw --type twilio --auth account_sid=AC… auth_token=…
+      ifbus add sip myvon --type vonage --auth api_key=key123 api_secret=secret456
+      ifbus add sip myfpbx --type fusionpbx --auth username=admin password=pass123 domain=fusion.local
+    """
+    from bus.registry import open_registry
+    from bus.server import ServerEntry
+    from bus.validate import check_name, parse_pairs
+
+    check_kind(kind)
+    check_name(name)
+    if type_arg and type_opt and type_arg != type_opt:
+        raise InvalidInput(f"two types given: {type_arg!r} and --type {type_opt!r}")
+    type_ = type_opt or type_arg
+    if not type_:
+        raise InvalidInput(f"missing --type: one of {', '.join(TYPES)}")
+    entry = ServerEntry.build(type_, parse_pairs(auth, "--auth"), host, port, pool, parse_pairs(opts, "--opt"))
+    open_registry().add(name, entry, replace=replace)
+    view = entry.public_view(name)
+    emit(as_json, {"ok": True, "added": view},
+         f"Added {name} ({type_}) at {view['host'] or view['options'].get('base_url')}")
+
+
+@cli.command("list", context_settings=CONTEXT)
+@click.argument("kind", metavar="sip")
+@json_option
+@guarded
+def list_(kind: str, as_json: bool) -> None:
+    """List registered servers; credentials are masked.
+
+    \b
+    Example:
+      ifbus list sip --json
+    """
+    from bus.registry import open_registry
+
+    check_kind(kind)
+    entries = open_registry().entries()
+    views = [entry.public_view(name) for name, entry in entries.items()]
+    if as_json:
+        emit(True, {"ok": True, "servers": views}, "")
+        return
+    if not views:
+        click.echo("No servers registered: add one with `ifbus add sip NAME --type TYPE --auth KEY=VALUE…`")
+        return
+    rows = [("NAME", "TYPE", "HOST", "AUTH")] + [
+        (v["name"], v["type"], _where(v), " ".join(f"{k}={x}" for k, x in v["auth"].items())) for v in views
+    ]
+    widths = [max(len(r[i]) for r in rows) for i in range(3)]
+    for row in rows:
+        click.echo("  ".join(c.ljust(w) for c, w in zip(row[:3], widths)) + "  " + row[3])
+
+
+def _where(view: dict[str, Any]) -> str:
+    if view["host"] is None:
+        return view["options"].get("base_url", "")
+    return f"{view['host']}:{view['port']}" if view["port"] else view["host"]
+
+
+@cli.command(context_settings=CONTEXT)
+@click.argument("kind", metavar="sip")
+@click.argument("name")
+@json_option
+@guarded
+def remove(kind: str, name: str, as_json: bool) -> None:
+    """Remove a server from the registry.
+
+    \b
+    Example:
+      ifbus remove sip myast
+    """
+    from bus.registry import open_registry
+
+    check_kind(kind)
+    entry = open_registry().remove(name)
+    emit(as_json, {"ok": True, "removed": name, "type": entry.type}, f"Removed {name} ({entry.type})")
+
+
+def job_options(func: Callable[..., None]) -> Callable[..., None]:
+    func = click.option("--timeout", type=click.FloatRange(0.1, 3600), default=None,
+                        help="Seconds to wait for the answer (default IFBUS_TIMEOUT or 60).")(func)
+    func = click.option("--no-wait", is_flag=True, help="Enqueue and print the job id at once (queue mode).")(func)
+    func = click.option("--request-id", help="Your own id for this request (8-64 letters, digits, _ or -).")(func)
+    return json_option(func)
+
+
+@cli.command("test", context_settings=CONTEXT)
+@click.argument("kind", metavar="sip")
+@click.argument("name")
+@job_options
+@guarded
+def test_(kind: str, name: str, timeout: float | None, no_wait: bool, request_id: str | None,
+          as_json: bool) -> None:
+    """Check that a server's management API answers and the credentials work.
+
+    \b
+    Example:
+      ifbus test sip mykam
+    """
+    check_kind(kind)
+    _submit("test", {"server": name}, timeout, no_wait, request_id, as_json)
+
+
+@cli.command(context_settings=CONTEXT)
+@click.argument("kind", metavar="sip")
+@click.argument("name")
+@click.argument("words", nargs=-1, metavar="from=… to=… [KEY=VALUE…]")
+@click.option("--until", type=click.Choice(["answered", "accepted"]), default="answered", show_default=True,
+              help="answered: wait for the call's setup outcome; accepted: return once the server took it.")
+@job_options
+@guarded
+def call(kind: str, name: str, words: tuple[str, ...], until: str, timeout: float | None, no_wait: bool,
+         request_id: str | None, as_json: bool) -> None:
+    """Place a click-to-call: ring `from`, then connect it to `to`.
+
+    Exits 0 with the call id once answered; 5 with the SIP code when refused
+    (`Call failed: SIP 486 Busy Here`); 6 when the outcome is unknown.
+
+    \b
+    Examples:
+      ifbus call sip myast from=1001 to=2000
+      ifbus call sip mytw from=+15005550006 to=+14155552671 twiml='<Response><Say>Hi</Say></Response>'
+      ifbus call sip mykam from=1001 to=2000 --until accepted --json
+    """
+    from bus.validate import parse_pairs
+
+    check_kind(kind)
+    pairs = parse_pairs(words, "argument")
+    missing = [k for k in ("from", "to") if k not in pairs]
+    if missing:
+        raise InvalidInput(f"missing {' and '.join(k + '=…' for k in missing)} (e.g. from=1001 to=2000)")
+    fields = {"server": name, "from": pairs.pop("from"), "to": pairs.pop("to"), "until": until, "extras": pairs}
+    _submit("call", fields, timeout, no_wait, request_id, as_json)
+
+
+@cli.command(context_settings=CONTEXT)
+@click.argument("kind", metavar="sip")
+@click.argument("name")
+@click.argument("words", nargs=-1, metavar="call_id=… [KEY=VALUE…]")
+@job_options
+@guarded
+def hangup(kind: str, name: str, words: tuple[str, ...], timeout: float | None, no_wait: bool,
+           request_id: str | None, as_json: bool) -> None:
+    """End a call by the id `call` printed.
+
+    \b
+    Example:
+      ifbus hangup sip myast call_id=chan-001
+    """
+    from bus.validate import parse_pairs
+
+    check_kind(kind)
+    pairs = parse_pairs(words, "argument")
+    if "call_id" not in pairs:
+        raise InvalidInput("missing call_id=… (the id `ifbus call` printed)")
+    _submit("hangup", {"server": name, "call_id": pairs.pop("call_id"), "extras": pairs}, timeout, no_wait,
+            request_id, as_json)
+
+
+def _submit(op: str, fields: dict[str, Any], timeout: float | None, no_wait: bool, request_id: str | None,
+            as_json: bool) -> None:
+    from pydantic import ValidationError
+
+    from bus.logging import configure
+    from bus.models import CallRequest, HangupRequest, TestRequest
+    from bus.settings import Settings
+    from producer.api import Producer
+
+    try:
+        settings = Settings()
+    except ValidationError as exc:
+        raise InvalidInput(f"bad IFBUS_* environment: {_first_error(exc)}") from None
+    configure(os.environ.get("IFBUS_LOG_LEVEL", "WARNING"))
+    model = {"test": TestRequest, "call": CallRequest, "hangup": HangupRequest}[op]
+    fields = {**fields, "timeout": timeout or settings.timeout}
+    if request_id:
+        fields["request_id"] = request_id
+    try:
+        request = model.model_validate(fields)
+    except ValidationError as exc:
+        raise InvalidInput(_first_error(exc)) from None
+    producer = Producer(settings)
+    outcome = producer.submit(request, wait=not no_wait)
+    if producer.notice:
+        click.echo(f"ifbus: {producer.notice}", err=True)
+    if isinstance(outcome, str):
+        emit(as_json, {"ok": True, "job_id": outcome, "queued": True}, outcome)
+        return
+    result = outcome.model_dump(mode="json")
+    if outcome.exit_code:
+        if as_json:
+            click.echo(json.dumps({"ok": False, **result}, ensure_ascii=False))
+        click.echo(outcome.message if outcome.sip_code else f"Error: {outcome.message}", err=True)
+        sys.exit(outcome.exit_code)
+    line = outcome.message + (f"\ncall_id={outcome.call_id}" if outcome.call_id else "")
+    emit(as_json, {"ok": True, **result}, line)
+
+
+def _first_error(exc: Any) -> str:
+    error = exc.errors(include_url=False, include_input=False)[0]
+    where = ".".join(str(p) for p in error["loc"] if p not in ("function-after[validate(), str]",))
+    return f"{where}: {error['msg'].removeprefix('Value error, ')}"
+
+
+@cli.command(context_settings=CONTEXT)
+@click.argument("job_id")
+@json_option
+@guarded
+def job(job_id: str, as_json: bool) -> None:
+    """Look up a queued job by id (what `--no-wait` or a timeout printed).
+
+    \b
+    Example:
+      ifbus job 3f1c0e9a2b7d4e0f8a6b5c4d3e2f1a0b
+    """
+    import re
+
+    from producer.api import job_status
+
+    if not re.fullmatch(r"[A-Za-z0-9_-]{8,64}", job_id):
+        raise InvalidInput(f"invalid job id {job_id[:70]!r}")
+    status = job_status(job_id)
+    result = status["result"] or {}
+    emit(as_json, {"ok": True, **status}, f"{job_id}: {status['status']}"
+         + (f" — {result.get('message')}" if result else ""))
+
+
+@cli.command(context_settings=CONTEXT)
+@click.argument("types", nargs=-1, metavar="[TYPE…]")
+@click.option("--concurrency", type=click.IntRange(1, 256), default=1, show_default=True,
+              help="Worker processes to run (each a non-forking RQ worker).")
+@click.option("--burst", is_flag=True, help="Exit once the queues are empty.")
+@guarded
+def worker(types: tuple[str, ...], concurrency: int, burst: bool) -> None:
+    """Run RQ workers for vendor queues (all types by default).
+
+    SIGTERM finishes the current job, then exits. Logs are JSON lines on stderr.
+
+    \b
+    Examples:
+      ifbus worker                       # every vendor queue
+      ifbus worker kamailio --concurrency 4
+    """
+    from bus.logging import configure
+    from bus.settings import Settings
+    from bus.vendors import vendor
+    from workers.worker import run_workers
+
+    for type_ in types:
+        vendor(type_)
+    settings = Settings()
+    configure(settings.log_level)
+    run_workers(settings.effective_redis_url, list(types or TYPES), concurrency, burst, settings.log_level)
+
+
+@cli.command(context_settings=CONTEXT)
+def schema() -> None:
+    """Print the JSON Schema of the job messages (request and result) for other producers."""
+    from bus.models import json_schemas
+
+    click.echo(json.dumps(json_schemas(), indent=2))
+
+
+# ---------------------------------------------------------------- entry points
+
+
+def main(argv: list[str] | None = None) -> None:
+    """`ifbus …`"""
+    cli.main(args=argv, prog_name="ifbus")
+
+
+def if_main(argv: list[str] | None = None) -> None:
+    """`if bus …`: the spec's literal grammar; `if` alone is a shell keyword, hence `ifbus`."""
+    args = sys.argv[1:] if argv is None else argv
+    if not args or args[0] != "bus":
+        click.echo("usage: if bus <add|test|call|hangup|list|remove|worker|schema> sip … (same as `ifbus …`)",
+                   err=True)
+        sys.exit(2)
+    cli.main(args=args[1:], prog_name="if bus")

@@ -1,0 +1,1 @@
+"""Who consumes jobs: the RQ entry point, worker start-up, and one adapter per vendor."""
