@@ -52,20 +52,13 @@ class FileRegistry:
         return entries[name]
 
     def entries(self) -> dict[str, ServerEntry]:
-        raw = self._read()
-        parsed: dict[str, ServerEntry] = {}
-        for name, value in raw.items():
-            try:
-                check_name(name)
-                parsed[name] = ServerEntry.from_dict(name, value)
-            except BusError as exc:
-                raise RegistryError(f"Registry {self.path} has an invalid entry: {exc.message}") from None
-        return parsed
+        return self._parse(self._read())
 
     def add(self, name: str, entry: ServerEntry, replace: bool = False) -> None:
         check_name(name)
         with self._locked():
             raw = self._read()
+            self._parse(raw)  # an invalid entry anywhere means a corrupt file: never rewrite it
             if name in raw and not replace:
                 raise InvalidInput(f"Server {name!r} already exists: use --replace to overwrite it")
             raw[name] = entry.to_dict()
@@ -75,11 +68,24 @@ class FileRegistry:
         check_name(name)
         with self._locked():
             raw = self._read()
-            if name not in raw:
+            entry = self._parse(raw).get(name)
+            if entry is None:
                 raise NotFound(f"Not found: {name}")
-            entry = ServerEntry.from_dict(name, raw.pop(name))
+            del raw[name]
             self._write(raw)
             return entry
+
+    def _parse(self, raw: dict) -> dict[str, ServerEntry]:
+        parsed: dict[str, ServerEntry] = {}
+        for name, value in raw.items():
+            try:
+                check_name(name)
+                parsed[name] = ServerEntry.from_dict(name, value)
+            except BusError as exc:
+                raise RegistryError(
+                    f"Registry {self.path} has an invalid entry ({exc.message}); it was left untouched"
+                ) from None
+        return parsed
 
     def _read(self) -> dict:
         try:
@@ -108,9 +114,11 @@ class FileRegistry:
                 os.fsync(handle.fileno())
             os.chmod(tmp, 0o600)
             os.replace(tmp, self.path)
-        except BaseException:
+        except BaseException as exc:
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
+            if isinstance(exc, OSError):
+                raise RegistryError(f"Cannot write registry {self.path}: {exc.strerror or exc}") from None
             raise
         dir_fd = os.open(self.folder, os.O_RDONLY)
         try:

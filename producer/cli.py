@@ -76,19 +76,24 @@ class GreedyPairs(click.Command):
 
     def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
         out: list[str] = []
-        current: str | None = None
+        current: str | None = None  # the greedy option whose pairs are being read
+        pending = False  # it has not taken a pair yet
         for arg in args:
             if arg in self.greedy:
-                current = arg
+                if pending:
+                    raise click.UsageError(f"{current} expects key=value words", ctx)
+                current, pending = arg, True
                 continue
-            if current and not arg.startswith("-") and "=" in arg:
-                out += [current, *_split_quoted(arg)]
+            if current and "=" in arg and not arg.startswith("-"):
+                for part in _split_quoted(arg):
+                    out += [current, part]
+                pending = False
                 continue
-            if current and not out[-2:-1] == [current]:
+            if pending:
                 raise click.UsageError(f"{current} expects key=value words, got {arg!r}", ctx)
             current = None
             out.append(arg)
-        if current and (not out or out[-2:-1] != [current]):
+        if pending:
             raise click.UsageError(f"{current} expects key=value words", ctx)
         return super().parse_args(ctx, out)
 

@@ -1,0 +1,120 @@
+"""Queue mode against a private redis-server and real `ifbus worker` processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from redis import Redis
+from rq import Queue
+from rq.job import JobStatus
+from rq.serializers import JSONSerializer
+
+from producer.cli import cli
+from tests.conftest import BIN
+
+
+def run(*args: str) -> object:
+    return CliRunner().invoke(cli, list(args), catch_exceptions=False)
+
+
+def add_kamailio_on_closed_port(name: str = "mykam") -> None:
+    # Port 9 (discard) on loopback: nothing listens, so the adapter fails before sending.
+    assert run("add", "sip", name, "--type", "kamailio", "--auth", "token=t", "--host", "127.0.0.1",
+               "--port", "9", "--opt", "attempts=2").exit_code == 0
+
+
+def test_queue_mode_without_worker_says_so_at_once(queue_mode: str) -> None:
+    add_kamailio_on_closed_port()
+    result = run("test", "sip", "mykam", "--timeout", "30")
+    assert result.exit_code == 4
+    assert "no worker serves sip.kamailio: start `ifbus worker kamailio`" in result.stderr
+
+
+def test_queue_mode_with_redis_down_exits_4(monkeypatch: pytest.MonkeyPatch) -> None:
+    add_kamailio_on_closed_port()
+    monkeypatch.setenv("IFBUS_MODE", "queue")
+    monkeypatch.setenv("IFBUS_REDIS_URL", "redis://:hunter2@127.0.0.1:9/0")
+    result = run("test", "sip", "mykam")
+    assert result.exit_code == 4
+    assert "Redis at redis://:****@127.0.0.1:9/0 is not reachable" in result.stderr
+    assert "hunter2" not in result.stderr
+
+
+def test_auto_mode_falls_back_to_embedded_when_no_redis_answers(monkeypatch: pytest.MonkeyPatch) -> None:
+    add_kamailio_on_closed_port()
+    monkeypatch.setenv("IFBUS_MODE", "auto")
+    monkeypatch.setattr("bus.settings.DEFAULT_REDIS_URL", "redis://127.0.0.1:9/0")
+    result = run("test", "sip", "mykam", "--json")
+    assert "ifbus: embedded mode (no Redis at redis://127.0.0.1:9/0)" in result.stderr
+    data = json.loads(result.stdout)
+    assert data["mode"] == "inline"
+    assert data["outcome"] == "unreachable" and result.exit_code == 4
+    assert data["attempts"] == {"mykam": 2}
+
+
+def test_a_real_worker_answers_through_the_reply_key(start_worker, queue_mode: str) -> None:
+    add_kamailio_on_closed_port()
+    worker = start_worker("kamailio")
+    result = run("test", "sip", "mykam", "--json", "--timeout", "30")
+    data = json.loads(result.stdout)
+    assert data["mode"] == "queue"
+    assert data["outcome"] == "unreachable"
+    assert "cannot connect to http://127.0.0.1:9/RPC" in data["message"]
+    assert result.exit_code == 4
+    logs = [json.loads(line) for line in worker.log().splitlines() if line.startswith("{")]
+    assert any(entry.get("event") == "job.failed" for entry in logs)
+
+
+def test_no_wait_prints_the_job_id_and_job_looks_it_up(start_worker, queue_mode: str) -> None:
+    add_kamailio_on_closed_port()
+    start_worker("kamailio")
+    queued = run("test", "sip", "mykam", "--no-wait", "--request-id", "req-0001-abcd")
+    assert queued.exit_code == 0
+    assert queued.stdout.strip() == "req-0001-abcd"
+    redis = Redis.from_url(queue_mode)
+    job = Queue("sip.kamailio", connection=redis, serializer=JSONSerializer).fetch_job("req-0001-abcd")
+    assert job is not None
+    for _ in range(200):
+        if job.get_status(refresh=True) == JobStatus.FINISHED:
+            break
+        import time
+
+        time.sleep(0.05)
+    looked = run("job", "req-0001-abcd", "--json")
+    data = json.loads(looked.stdout)
+    assert data["status"] == "finished"
+    assert data["result"]["outcome"] == "unreachable"
+
+
+def test_payload_on_redis_carries_no_credentials(queue_mode: str, start_worker) -> None:
+    assert run("add", "sip", "mykam", "--type", "kamailio", "--auth", "token=s3cr3t-token-value",
+               "--port", "9").exit_code == 0
+    # No worker for kamailio is needed to inspect the enqueued payload: start one for another
+    # queue so the producer's liveness check passes, then read the job as another service would.
+    redis = Redis.from_url(queue_mode)
+    start_worker("kamailio")
+    run("test", "sip", "mykam", "--no-wait", "--request-id", "req-secret-check")
+    raw = b"".join(v for k in redis.keys("*") if redis.type(k) == b"hash" for v in redis.hgetall(k).values())
+    assert b"s3cr3t-token-value" not in raw
+    assert b"req-secret-check" in b"".join(redis.keys("*"))
+
+
+def test_worker_refuses_a_job_naming_another_function(redis_url: str, tmp_path: Path) -> None:
+    """RQ would import and run any dotted name in a job; ours must refuse all but workers.jobs.run."""
+    redis = Redis.from_url(redis_url)
+    target = tmp_path / "pwned"
+    queue = Queue("sip.kamailio", connection=redis, serializer=JSONSerializer)
+    job = queue.enqueue("os.mkdir", str(target))
+    proc = subprocess.run(
+        [str(BIN / "ifbus"), "worker", "kamailio", "--burst"],
+        capture_output=True, text=True, timeout=60, env={**os.environ, "IFBUS_REDIS_URL": redis_url},
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert not target.exists()
+    assert job.get_status(refresh=True) == JobStatus.FAILED
+    assert "job.refused" in proc.stderr and "os.mkdir" in proc.stderr

@@ -1,0 +1,210 @@
+"""Kamailio through JSON-RPC 2.0 over HTTP (jsonrpcs + xhttp), per ../shared/vendors.md §3.
+
+Click-to-call is `dlg.bridge_dlg`, which answers `{}` for every outcome and returns before anyone
+rings. To report the real setup outcome, both bridge URIs carry `;c2c=<id>` and the server's config
+(deploy/kamailio/kamailio.cfg, the "IF.bus: c2c outcome tracking" block) records each leg's SIP
+code in the htable `c2c`; this adapter reads those codes back with `htable.get`:
+
+    <id>::a          final (or latest) code of the leg to `from` (the hold INVITE)
+    <id>::b          code of `from`'s INVITE to `to` after the REFER
+    <id>::b::callid  Call-ID of that call: the dialog `hangup` ends
+
+Kamailio offers no event push over JSON-RPC, so this is a poll of a local htable (~0.2 ms each).
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+import uuid
+from typing import Any
+
+import httpx
+
+from bus.errors import CallRejected, InvalidInput, NotFound, OutcomeUnknown
+from bus.sip import reason_phrase, sip_uri, with_uri_param
+from workers.adapters.base import Adapter, Answer
+from workers.http import make_client, send
+
+HTABLE = "c2c"
+POLL_SECONDS = 0.02
+# Slack on top of Kamailio's own tm timers before we conclude a timer fired without a reply.
+TIMER_MARGIN_SECONDS = 1.0
+CONFIRMED_STATES = (1, 2, 3, 4)  # dialog states before 5 (deleted)
+
+
+class RpcError(Exception):
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(f"{code} {message}")
+        self.code = code
+        self.message = message
+
+
+class KamailioAdapter(Adapter):
+    type = "kamailio"
+
+    def __init__(self, name: str, entry: Any) -> None:
+        super().__init__(name, entry)
+        self._client: httpx.Client | None = None
+        self._ids = itertools.count(1)
+
+    # ------------------------------------------------------------ operations
+
+    def test(self) -> Answer:
+        version = str(self._rpc("core.version")).strip()
+        parts = version.split()
+        data = {"server": version, "version": parts[1] if len(parts) > 1 else version}
+        return Answer(version, data=data)
+
+    def call(self, from_: str, to: str, until: str, extras: dict[str, str], deadline: float) -> Answer:
+        domain = self.entry.auth.get("realm") or self.entry.host or "127.0.0.1"
+        track = uuid.uuid4().hex[:16]
+        a_uri = with_uri_param(sip_uri(from_, domain), HTABLE, track)
+        b_uri = "<" + with_uri_param(sip_uri(to, domain), HTABLE, track) + ">"  # <…> keeps the param in Refer-To
+        try:
+            self._rpc("dlg.bridge_dlg", a_uri, b_uri)
+        except RpcError as exc:
+            raise self._rpc_problem("dlg.bridge_dlg", exc) from None
+        if until == "accepted":
+            return Answer(
+                f"Call requested on {self.name} (tracking id {track})",
+                data={"tracking_id": track, "from": a_uri, "to": b_uri},
+            )
+        return self._follow(track, deadline)
+
+    def hangup(self, call_id: str, extras: dict[str, str]) -> Answer:
+        dialogs = [d for d in self._dialogs(call_id) if d.get("state") in CONFIRMED_STATES]
+        if not dialogs:
+            raise NotFound(f"Not found: no active call {call_id} on {self.name}", call_id=call_id)
+        for dialog in dialogs:
+            try:
+                # h_entry/h_id must be JSON numbers: as strings Kamailio answers 404 (kamailio-lab.md §7.11).
+                self._rpc("dlg.end_dlg", int(dialog["h_entry"]), int(dialog["h_id"]))
+            except RpcError as exc:
+                if exc.code != 404:  # ended meanwhile: the goal is reached
+                    raise self._rpc_problem("dlg.end_dlg", exc) from None
+        return Answer(f"Hung up {call_id} on {self.name}", call_id=call_id, data={"dialogs": len(dialogs)})
+
+    def close(self) -> None:
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+
+    # ------------------------------------------------------------ outcome tracking
+
+    def _follow(self, track: str, deadline: float) -> Answer:
+        """Poll the htable until the call connects, a leg fails, or a timer says nobody answered."""
+        fr_timer = self.option_float("fr_timer") + TIMER_MARGIN_SECONDS
+        started = time.monotonic()
+        b_since: float | None = None
+        while True:
+            a = self._code(f"{track}::a")
+            if a is not None and a >= 300:
+                raise CallRejected(a, reason_phrase(a), leg="from", tracking_id=track, server=self.name)
+            if a == 200:
+                b_since = b_since or time.monotonic()
+                b = self._code(f"{track}::b")
+                if b is not None and b >= 300:
+                    raise CallRejected(b, reason_phrase(b), leg="to", tracking_id=track, server=self.name)
+                if b == 200:
+                    call_id = self._htable(f"{track}::b::callid")
+                    return Answer(
+                        f"Call connected on {self.name}",
+                        call_id=str(call_id) if call_id is not None else None,
+                        data={"sip_code": 200, "tracking_id": track},
+                    )
+                if b is None and time.monotonic() - b_since > fr_timer:
+                    raise CallRejected(
+                        501,
+                        "Not Implemented (the from party answered but did not act on the REFER)",
+                        leg="from",
+                        tracking_id=track,
+                        server=self.name,
+                    )
+            elif a is None and time.monotonic() - started > fr_timer:
+                # tm's own 408 for a local INVITE is never a network reply, so it is never recorded.
+                raise CallRejected(408, reason_phrase(408), leg="from", tracking_id=track, server=self.name)
+            if time.monotonic() + POLL_SECONDS >= deadline:
+                raise OutcomeUnknown(
+                    f"call setup on {self.name} still in progress when the wait ended (tracking id {track}); "
+                    f"it may still connect",
+                    tracking_id=track,
+                    server=self.name,
+                )
+            time.sleep(POLL_SECONDS)
+
+    def _code(self, key: str) -> int | None:
+        value = self._htable(key)
+        try:
+            return int(value) if value is not None else None
+        except (TypeError, ValueError):
+            return None
+
+    def _htable(self, key: str) -> Any:
+        try:
+            result = self._rpc("htable.get", HTABLE, key)
+        except RpcError as exc:
+            if "doesn't exist" in exc.message or exc.code == 404:
+                return None
+            raise self._rpc_problem("htable.get", exc) from None
+        return result.get("item", {}).get("value") if isinstance(result, dict) else result
+
+    def _dialogs(self, call_id: str) -> list[dict[str, Any]]:
+        try:
+            found = self._rpc("dlg.list_match", "callid", "eq", call_id)
+        except RpcError as exc:
+            if exc.code == 404 or "not found" in exc.message.lower():
+                return []
+            raise self._rpc_problem("dlg.list_match", exc) from None
+        if isinstance(found, dict):
+            found = [found]
+        return [d for d in found or [] if isinstance(d, dict) and d.get("call-id") == call_id]
+
+    # ------------------------------------------------------------ JSON-RPC
+
+    def _rpc(self, method: str, *params: Any) -> Any:
+        body: dict[str, Any] = {"jsonrpc": "2.0", "method": method, "id": next(self._ids)}
+        if params:
+            body["params"] = list(params)  # positional: "only the order of the values" matters
+        response = send(self._http(), self.name, "POST", self.options["path"], json=body)
+        if response.status_code in (401, 403):
+            raise self.auth_failed(f"HTTP {response.status_code} from JSON-RPC")
+        try:
+            reply = response.json()
+        except ValueError:
+            raise InvalidInput(
+                f"{self.name}: no JSON-RPC at {response.request.url} (HTTP {response.status_code}); "
+                "check --port and --opt path= (deploy/kamailio/README.md)"
+            ) from None
+        if isinstance(reply, dict) and "error" in reply:
+            error = reply["error"] or {}
+            raise RpcError(int(error.get("code", 0)), str(error.get("message", "")))
+        if not isinstance(reply, dict) or "result" not in reply:
+            raise InvalidInput(f"{self.name}: unexpected JSON-RPC reply to {method}")
+        return reply["result"]
+
+    def _rpc_problem(self, method: str, exc: RpcError) -> InvalidInput:
+        if "method not found" in exc.message.lower():
+            return InvalidInput(
+                f"{self.name}: {method} is not available on this Kamailio (load the dialog and htable modules "
+                "and the IF.bus blocks of deploy/kamailio/kamailio.cfg)"
+            )
+        return InvalidInput(f"{self.name}: {method} failed: {exc.code} {exc.message}")
+
+    def _http(self) -> httpx.Client:
+        if self._client is None:
+            token = self.entry.auth.get("token")
+            headers = {"Authorization": f"Bearer {token}"} if token else {}
+            scheme = self.options.get("scheme", "http")
+            base = f"{scheme}://{_host_for_url(self.entry.host or '127.0.0.1')}:{self.entry.effective_port}"
+            self._client = make_client(
+                base,
+                self.option_float("connect_timeout"),
+                self.option_float("read_timeout"),
+                headers=headers,
+            )
+        return self._client
+
+
+def _host_for_url(host: str) -> str:
+    return f"[{host}]" if ":" in host and not host.startswith("[") else host
