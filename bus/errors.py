@@ -6,11 +6,11 @@ decides retry, failover and the CLI's exit code, so adapters raise these and not
 
 from __future__ import annotations
 
-from enum import Enum
+from enum import StrEnum
 from typing import Any
 
 
-class Outcome(str, Enum):
+class Outcome(StrEnum):
     OK = "ok"
     NOT_FOUND = "not_found"
     INVALID = "invalid"

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, TypeAdapter
 
@@ -80,7 +80,7 @@ class HangupRequest(_Request):
     extras: dict[Key, Word] = Field(default_factory=dict)
 
 
-JobRequest = Annotated[Union[TestRequest, CallRequest, HangupRequest], Field(discriminator="op")]
+JobRequest = Annotated[TestRequest | CallRequest | HangupRequest, Field(discriminator="op")]
 REQUEST_ADAPTER: TypeAdapter[JobRequest] = TypeAdapter(JobRequest)
 
 

@@ -12,8 +12,9 @@ import fcntl
 import json
 import os
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator, Protocol
+from typing import Protocol
 
 from bus.errors import BusError, InvalidInput, NotFound, RegistryError
 from bus.server import ServerEntry

@@ -62,8 +62,14 @@ REASON_PHRASES: dict[int, str] = {
     606: "Not Acceptable",
 }
 
-_CLASS_PHRASES = {1: "Provisional", 2: "Success", 3: "Redirection", 4: "Client Error", 5: "Server Error",
-                  6: "Global Failure"}
+_CLASS_PHRASES = {
+    1: "Provisional",
+    2: "Success",
+    3: "Redirection",
+    4: "Client Error",
+    5: "Server Error",
+    6: "Global Failure",
+}
 
 
 def reason_phrase(code: int) -> str:

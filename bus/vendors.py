@@ -8,9 +8,9 @@ Facts and sources: ../shared/vendors.md §0 and §11.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Mapping
 
 # Timeouts in seconds; `attempts` is the per-server attempt budget for transient failures.
 _LAN = {"connect_timeout": "2", "read_timeout": "5", "attempts": "3"}

@@ -81,9 +81,7 @@ class Producer:
         rq_queue = Queue(queue, connection=redis, serializer=JSONSerializer)
         if Worker.count(queue=rq_queue) == 0:
             vendor_type = queue.removeprefix("sip.")
-            raise Unreachable(
-                f"no worker serves {queue}: start `ifbus worker {vendor_type}`, or set IFBUS_MODE=inline"
-            )
+            raise Unreachable(f"no worker serves {queue}: start `ifbus worker {vendor_type}`, or set IFBUS_MODE=inline")
         key = reply_key(request.request_id) if wait else None
         payload = request.model_copy(update={"reply_key": key}).model_dump(mode="json", by_alias=True)
         rq_queue.enqueue(

@@ -31,10 +31,21 @@ def emit(as_json: bool, obj: dict[str, Any], line: str) -> None:
 
 def fail(exc: BusError, as_json: bool) -> NoReturn:
     if as_json:
-        click.echo(json.dumps({"ok": False, "outcome": exc.outcome.value, "exit_code": exc.exit_code,
-                               "message": exc.message, **exc.details}, ensure_ascii=False))
-    click.echo(exc.message if exc.message.startswith(("Not found", "Call failed")) else f"Error: {exc.message}",
-               err=True)
+        click.echo(
+            json.dumps(
+                {
+                    "ok": False,
+                    "outcome": exc.outcome.value,
+                    "exit_code": exc.exit_code,
+                    "message": exc.message,
+                    **exc.details,
+                },
+                ensure_ascii=False,
+            )
+        )
+    click.echo(
+        exc.message if exc.message.startswith(("Not found", "Call failed")) else f"Error: {exc.message}", err=True
+    )
     sys.exit(exc.exit_code)
 
 
@@ -140,9 +151,19 @@ def cli() -> None:
 @click.option("--replace", is_flag=True, help="Overwrite an existing entry of the same name.")
 @json_option
 @guarded
-def add(kind: str, name: str, type_arg: str | None, type_opt: str | None, auth: tuple[str, ...],
-        host: str | None, port: int | None, pool: str | None, opts: tuple[str, ...], replace: bool,
-        as_json: bool) -> None:
+def add(
+    kind: str,
+    name: str,
+    type_arg: str | None,
+    type_opt: str | None,
+    auth: tuple[str, ...],
+    host: str | None,
+    port: int | None,
+    pool: str | None,
+    opts: tuple[str, ...],
+    replace: bool,
+    as_json: bool,
+) -> None:
     """Register a server.
 
     \b
@@ -169,8 +190,11 @@ def add(kind: str, name: str, type_arg: str | None, type_opt: str | None, auth: 
     entry = ServerEntry.build(type_, parse_pairs(auth, "--auth"), host, port, pool, parse_pairs(opts, "--opt"))
     open_registry().add(name, entry, replace=replace)
     view = entry.public_view(name)
-    emit(as_json, {"ok": True, "added": view},
-         f"Added {name} ({type_}) at {view['host'] or view['options'].get('base_url')}")
+    emit(
+        as_json,
+        {"ok": True, "added": view},
+        f"Added {name} ({type_}) at {view['host'] or view['options'].get('base_url')}",
+    )
 
 
 @cli.command("list", context_settings=CONTEXT)
@@ -200,7 +224,7 @@ def list_(kind: str, as_json: bool) -> None:
     ]
     widths = [max(len(r[i]) for r in rows) for i in range(3)]
     for row in rows:
-        click.echo("  ".join(c.ljust(w) for c, w in zip(row[:3], widths)) + "  " + row[3])
+        click.echo("  ".join(c.ljust(w) for c, w in zip(row[:3], widths, strict=True)) + "  " + row[3])
 
 
 def _where(view: dict[str, Any]) -> str:
@@ -229,8 +253,12 @@ def remove(kind: str, name: str, as_json: bool) -> None:
 
 
 def job_options(func: Callable[..., None]) -> Callable[..., None]:
-    func = click.option("--timeout", type=click.FloatRange(0.1, 3600), default=None,
-                        help="Seconds to wait for the answer (default IFBUS_TIMEOUT or 60).")(func)
+    func = click.option(
+        "--timeout",
+        type=click.FloatRange(0.1, 3600),
+        default=None,
+        help="Seconds to wait for the answer (default IFBUS_TIMEOUT or 60).",
+    )(func)
     func = click.option("--no-wait", is_flag=True, help="Enqueue and print the job id at once (queue mode).")(func)
     func = click.option("--request-id", help="Your own id for this request (8-64 letters, digits, _ or -).")(func)
     return json_option(func)
@@ -241,8 +269,7 @@ def job_options(func: Callable[..., None]) -> Callable[..., None]:
 @click.argument("name")
 @job_options
 @guarded
-def test_(kind: str, name: str, timeout: float | None, no_wait: bool, request_id: str | None,
-          as_json: bool) -> None:
+def test_(kind: str, name: str, timeout: float | None, no_wait: bool, request_id: str | None, as_json: bool) -> None:
     """Check that a server's management API answers and the credentials work.
 
     \b
@@ -257,12 +284,25 @@ def test_(kind: str, name: str, timeout: float | None, no_wait: bool, request_id
 @click.argument("kind", metavar="sip")
 @click.argument("name")
 @click.argument("words", nargs=-1, metavar="from=… to=… [KEY=VALUE…]")
-@click.option("--until", type=click.Choice(["answered", "accepted"]), default="answered", show_default=True,
-              help="answered: wait for the call's setup outcome; accepted: return once the server took it.")
+@click.option(
+    "--until",
+    type=click.Choice(["answered", "accepted"]),
+    default="answered",
+    show_default=True,
+    help="answered: wait for the call's setup outcome; accepted: return once the server took it.",
+)
 @job_options
 @guarded
-def call(kind: str, name: str, words: tuple[str, ...], until: str, timeout: float | None, no_wait: bool,
-         request_id: str | None, as_json: bool) -> None:
+def call(
+    kind: str,
+    name: str,
+    words: tuple[str, ...],
+    until: str,
+    timeout: float | None,
+    no_wait: bool,
+    request_id: str | None,
+    as_json: bool,
+) -> None:
     """Place a click-to-call: ring `from`, then connect it to `to`.
 
     Exits 0 with the call id once answered; 5 with the SIP code when refused
@@ -291,8 +331,15 @@ def call(kind: str, name: str, words: tuple[str, ...], until: str, timeout: floa
 @click.argument("words", nargs=-1, metavar="call_id=… [KEY=VALUE…]")
 @job_options
 @guarded
-def hangup(kind: str, name: str, words: tuple[str, ...], timeout: float | None, no_wait: bool,
-           request_id: str | None, as_json: bool) -> None:
+def hangup(
+    kind: str,
+    name: str,
+    words: tuple[str, ...],
+    timeout: float | None,
+    no_wait: bool,
+    request_id: str | None,
+    as_json: bool,
+) -> None:
     """End a call by the id `call` printed.
 
     \b
@@ -305,12 +352,19 @@ def hangup(kind: str, name: str, words: tuple[str, ...], timeout: float | None, 
     pairs = parse_pairs(words, "argument")
     if "call_id" not in pairs:
         raise InvalidInput("missing call_id=… (the id `ifbus call` printed)")
-    _submit("hangup", {"server": name, "call_id": pairs.pop("call_id"), "extras": pairs}, timeout, no_wait,
-            request_id, as_json)
+    _submit(
+        "hangup",
+        {"server": name, "call_id": pairs.pop("call_id"), "extras": pairs},
+        timeout,
+        no_wait,
+        request_id,
+        as_json,
+    )
 
 
-def _submit(op: str, fields: dict[str, Any], timeout: float | None, no_wait: bool, request_id: str | None,
-            as_json: bool) -> None:
+def _submit(
+    op: str, fields: dict[str, Any], timeout: float | None, no_wait: bool, request_id: str | None, as_json: bool
+) -> None:
     from pydantic import ValidationError
 
     from bus.logging import configure
@@ -373,14 +427,22 @@ def job(job_id: str, as_json: bool) -> None:
         raise InvalidInput(f"invalid job id {job_id[:70]!r}")
     status = job_status(job_id)
     result = status["result"] or {}
-    emit(as_json, {"ok": True, **status}, f"{job_id}: {status['status']}"
-         + (f" — {result.get('message')}" if result else ""))
+    emit(
+        as_json,
+        {"ok": True, **status},
+        f"{job_id}: {status['status']}" + (f" — {result.get('message')}" if result else ""),
+    )
 
 
 @cli.command(context_settings=CONTEXT)
 @click.argument("types", nargs=-1, metavar="[TYPE…]")
-@click.option("--concurrency", type=click.IntRange(1, 256), default=1, show_default=True,
-              help="Worker processes to run (each a non-forking RQ worker).")
+@click.option(
+    "--concurrency",
+    type=click.IntRange(1, 256),
+    default=1,
+    show_default=True,
+    help="Worker processes to run (each a non-forking RQ worker).",
+)
 @click.option("--burst", is_flag=True, help="Exit once the queues are empty.")
 @guarded
 def worker(types: tuple[str, ...], concurrency: int, burst: bool) -> None:
@@ -425,7 +487,6 @@ def if_main(argv: list[str] | None = None) -> None:
     """`if bus …`: the spec's literal grammar; `if` alone is a shell keyword, hence `ifbus`."""
     args = sys.argv[1:] if argv is None else argv
     if not args or args[0] != "bus":
-        click.echo("usage: if bus <add|test|call|hangup|list|remove|worker|schema> sip … (same as `ifbus …`)",
-                   err=True)
+        click.echo("usage: if bus <add|test|call|hangup|list|remove|worker|schema> sip … (same as `ifbus …`)", err=True)
         sys.exit(2)
     cli.main(args=args[1:], prog_name="if bus")

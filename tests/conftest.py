@@ -30,7 +30,7 @@ def ifbus_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 @pytest.fixture
-def redis_url(redis_proc, redisdb) -> str:  # noqa: ANN001 - pytest-redis fixtures
+def redis_url(redis_proc, redisdb) -> str:
     """URL of the private Redis; `redisdb` flushes it after the test."""
     return f"redis://{redis_proc.host}:{redis_proc.port}/0"
 

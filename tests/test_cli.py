@@ -91,8 +91,12 @@ def test_unknown_type_lists_valid_ones() -> None:
 def test_json_errors_are_one_object_on_stdout() -> None:
     result = run("remove", "sip", "ghost", "--json")
     assert result.exit_code == 1
-    assert json.loads(result.stdout) == {"ok": False, "outcome": "not_found", "exit_code": 1,
-                                          "message": "Not found: ghost"}
+    assert json.loads(result.stdout) == {
+        "ok": False,
+        "outcome": "not_found",
+        "exit_code": 1,
+        "message": "Not found: ghost",
+    }
 
 
 def test_each_command_help_shows_a_real_example() -> None:

@@ -24,8 +24,24 @@ def run(*args: str) -> object:
 
 def add_kamailio_on_closed_port(name: str = "mykam") -> None:
     # Port 9 (discard) on loopback: nothing listens, so the adapter fails before sending.
-    assert run("add", "sip", name, "--type", "kamailio", "--auth", "token=t", "--host", "127.0.0.1",
-               "--port", "9", "--opt", "attempts=2").exit_code == 0
+    assert (
+        run(
+            "add",
+            "sip",
+            name,
+            "--type",
+            "kamailio",
+            "--auth",
+            "token=t",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "9",
+            "--opt",
+            "attempts=2",
+        ).exit_code
+        == 0
+    )
 
 
 def test_queue_mode_without_worker_says_so_at_once(queue_mode: str) -> None:
@@ -92,8 +108,10 @@ def test_no_wait_prints_the_job_id_and_job_looks_it_up(start_worker, queue_mode:
 
 
 def test_payload_on_redis_carries_no_credentials(queue_mode: str, start_worker) -> None:
-    assert run("add", "sip", "mykam", "--type", "kamailio", "--auth", "token=s3cr3t-token-value",
-               "--port", "9").exit_code == 0
+    assert (
+        run("add", "sip", "mykam", "--type", "kamailio", "--auth", "token=s3cr3t-token-value", "--port", "9").exit_code
+        == 0
+    )
     # No worker for kamailio is needed to inspect the enqueued payload: start one for another
     # queue so the producer's liveness check passes, then read the job as another service would.
     redis = Redis.from_url(queue_mode)
@@ -112,7 +130,10 @@ def test_worker_refuses_a_job_naming_another_function(redis_url: str, tmp_path: 
     job = queue.enqueue("os.mkdir", str(target))
     proc = subprocess.run(
         [str(BIN / "ifbus"), "worker", "kamailio", "--burst"],
-        capture_output=True, text=True, timeout=60, env={**os.environ, "IFBUS_REDIS_URL": redis_url},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "IFBUS_REDIS_URL": redis_url},
     )
     assert proc.returncode == 0, proc.stderr
     assert not target.exists()

@@ -73,7 +73,7 @@ def test_concurrent_adds_lose_nothing(tmp_path: Path) -> None:
 def test_corrupt_file_is_reported_and_left_untouched(tmp_path: Path, content: bytes) -> None:
     registry = FileRegistry(tmp_path)
     registry.path.write_bytes(content)
-    with pytest.raises(RegistryError, match="sip_servers.json"):
+    with pytest.raises(RegistryError, match=r"sip_servers\.json"):
         registry.entries()
     with pytest.raises(RegistryError):
         registry.add("mykam", kam())

@@ -15,8 +15,9 @@ def sh(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedPro
 
 
 def test_if_bus_and_ifbus_are_the_same_program(ifbus_env: Path) -> None:
-    added = sh(str(BIN / "if"), "bus", "add", "sip", "mykam", "--type", "kamailio", "--auth", "token=xyz789",
-               "realm=sip.local")
+    added = sh(
+        str(BIN / "if"), "bus", "add", "sip", "mykam", "--type", "kamailio", "--auth", "token=xyz789", "realm=sip.local"
+    )
     assert added.returncode == 0, added.stderr
     via_if = sh(str(BIN / "if"), "bus", "list", "sip", "--json")
     via_ifbus = sh(str(BIN / "ifbus"), "list", "sip", "--json")
@@ -41,7 +42,9 @@ def test_errors_go_to_stderr_without_traceback() -> None:
 def test_non_utf8_argv_is_refused_cleanly(ifbus_env: Path) -> None:
     result = subprocess.run(
         [os.fsencode(BIN / "ifbus"), b"add", b"sip", b"k", b"--type", b"kamailio", b"--auth", b"token=\xff\xfe"],
-        capture_output=True, timeout=60, env=os.environ,
+        capture_output=True,
+        timeout=60,
+        env=os.environ,
     )
     assert result.returncode == 2
     assert b"not valid UTF-8" in result.stderr

@@ -13,7 +13,7 @@ from typing import Any
 
 import httpx
 
-from bus.errors import Overloaded, OutcomeUnknown, Unreachable
+from bus.errors import OutcomeUnknown, Overloaded, Unreachable
 
 
 def make_client(base_url: str, connect_timeout: float, read_timeout: float, **kwargs: Any) -> httpx.Client:

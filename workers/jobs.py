@@ -58,11 +58,23 @@ def execute(payload: Any, mode: str = "inline") -> dict[str, Any]:
         adapter = _adapter(request.server, entry)
         answer = _attempt(adapter, request, attempts, started)
     except BusError as exc:
-        log.info("job.failed", request_id=request.request_id, op=request.op, server=request.server,
-                 outcome=exc.outcome.value, error=exc.message)
+        log.info(
+            "job.failed",
+            request_id=request.request_id,
+            op=request.op,
+            server=request.server,
+            outcome=exc.outcome.value,
+            error=exc.message,
+        )
         return _failure(request.request_id, request.op, request.server, exc, attempts, mode)
-    log.info("job.done", request_id=request.request_id, op=request.op, server=request.server,
-             call_id=answer.call_id, ms=round((time.monotonic() - started) * 1000, 1))
+    log.info(
+        "job.done",
+        request_id=request.request_id,
+        op=request.op,
+        server=request.server,
+        call_id=answer.call_id,
+        ms=round((time.monotonic() - started) * 1000, 1),
+    )
     return JobResult(
         request_id=request.request_id,
         op=request.op,
@@ -98,8 +110,13 @@ def _attempt(adapter: Adapter, request: Any, attempts: dict[str, int], started: 
             wait = backoff.delay(attempt, getattr(exc, "retry_after", None))
             if not retryable or attempt + 1 >= budget or time.monotonic() + wait >= deadline:
                 raise
-            log.info("job.retry", server=adapter.name, attempt=attempt + 1, outcome=exc.outcome.value,
-                     wait_ms=round(wait * 1000, 1))
+            log.info(
+                "job.retry",
+                server=adapter.name,
+                attempt=attempt + 1,
+                outcome=exc.outcome.value,
+                wait_ms=round(wait * 1000, 1),
+            )
             time.sleep(wait)
     raise AssertionError("unreachable: the loop returns or raises")
 

@@ -53,7 +53,7 @@ class Adapter(abc.ABC):
     def hangup(self, call_id: str, extras: dict[str, str]) -> Answer:
         """End the call `call` returned; idempotent, so a retry is always safe."""
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - optional hook: adapters without connections have nothing to close
         """Release connections."""
 
     # Helpers shared by adapters.
@@ -84,7 +84,9 @@ class Adapter(abc.ABC):
         unknown = sorted(set(extras) - allowed)
         if unknown:
             accepted = ", ".join(sorted(allowed)) or "none"
-            raise InvalidInput(f"{op} on {self.type}: unknown key(s) {', '.join(unknown)} (accepted extras: {accepted})")
+            raise InvalidInput(
+                f"{op} on {self.type}: unknown key(s) {', '.join(unknown)} (accepted extras: {accepted})"
+            )
 
     @staticmethod
     def remaining(deadline: float) -> float:
