@@ -69,7 +69,7 @@ VENDORS: Mapping[str, Vendor] = MappingProxyType(
                 ("auth_token",),
                 None,
                 base_url="https://api.twilio.com",
-                extra_options={"answer_timeout": "60"},
+                extra_options={"answer_timeout": "60", "poll_interval": "1"},
             ),
             Vendor(
                 "vonage",

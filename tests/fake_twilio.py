@@ -1,0 +1,376 @@
+"""A small fake of Twilio's REST API 2010-04-01 (Accounts and Calls), served on 127.0.0.1 for tests.
+
+It speaks the wire shapes Twilio documents, so the adapter is exercised over real loopback HTTP:
+
+- Paths, methods, form fields, status enums and the JSON bodies of the account and call resources
+  follow Twilio's own OpenAPI description, twilio/twilio-oai `spec/json/twilio_api_v2010.json`
+  (copy in ../shared/specs/twilio/): `GET /2010-04-01/Accounts/{Sid}.json` → schema
+  `api.v2010.account`; `POST /2010-04-01/Accounts/{AccountSid}/Calls.json` (form-encoded
+  `CreateCallRequest`, required `To` and `From`) → 201 `api.v2010.account.call`;
+  `GET` / `POST` (`UpdateCallRequest`, `Status` ∈ `call_enum_update_status` = canceled|completed)
+  `/2010-04-01/Accounts/{AccountSid}/Calls/{Sid}.json` → 200 `api.v2010.account.call`; call `status`
+  values from `call_enum_status`; sids `^AC[0-9a-fA-F]{32}$`, `^CA[0-9a-fA-F]{32}$`, `^PN…`.
+- Authentication is HTTP Basic `AccountSid:AuthToken` (OpenAPI `securitySchemes.accountSid_authToken`;
+  https://www.twilio.com/docs/iam/api). A wrong pair gets 401 with error 20003
+  (https://www.twilio.com/docs/errors/20003).
+- Error bodies are `{"code", "message", "more_info", "status"}` (https://www.twilio.com/docs/api/errors);
+  codes used: 20003 (401), 20404 (404, unknown resource), 20429 (429, too many requests;
+  https://www.twilio.com/docs/errors/20429), 21201 (no To), 21213 (no From), 21200 (no Url/Twiml/
+  ApplicationSid), 21211 (invalid To). See ../shared/vendors.md §5.2.
+- `canceled` ends only a queued/ringing call and leaves an in-progress one alone; `completed` ends a
+  call in any live state (https://www.twilio.com/docs/api/rest/change-call-state; vendors.md §5.1).
+
+Test hooks: `statuses` scripts the status a new call shows on each fetch (it stays on the last);
+`inject(kind, status, code, …)` makes the next request of a kind fail with a Twilio error;
+`stall(kind)` makes the next request of a kind be read and never answered (a read timeout).
+Every request is recorded (method, path, headers, body) in `requests`.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+import secrets
+import threading
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from email.utils import format_datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+API = "/2010-04-01"
+ACCOUNT_RE = re.compile(r"^/2010-04-01/Accounts/(?P<account>[^/]+)\.json$")
+CALLS_RE = re.compile(r"^/2010-04-01/Accounts/(?P<account>[^/]+)/Calls\.json$")
+CALL_RE = re.compile(r"^/2010-04-01/Accounts/(?P<account>[^/]+)/Calls/(?P<sid>[^/]+)\.json$")
+LIVE = ("queued", "initiated", "ringing", "in-progress")
+PENDING = ("queued", "initiated", "ringing")
+
+ACCOUNT_SID = "AC" + "0123456789abcdef" * 2
+AUTH_TOKEN = "f00dfeedf00dfeedf00dfeedf00dfeed"
+
+
+@dataclass
+class Recorded:
+    method: str
+    path: str
+    headers: dict[str, str]
+    body: bytes
+    kind: str = ""
+    #: what the fake answered (None when it stalled)
+    response_status: int | None = None
+    response_headers: dict[str, str] = field(default_factory=dict)
+    response_body: bytes = b""
+
+    @property
+    def form(self) -> dict[str, list[str]]:
+        return parse_qs(self.body.decode("utf-8"), keep_blank_values=True)
+
+
+@dataclass
+class FakeCall:
+    sid: str
+    params: dict[str, str]
+    statuses: list[str]
+    created: datetime
+    fetches: int = 0
+    override: str | None = None
+    updates: list[str] = field(default_factory=list)
+
+    @property
+    def status(self) -> str:
+        if self.override is not None:
+            return self.override
+        return self.statuses[min(self.fetches, len(self.statuses) - 1)]
+
+
+def rfc2822(when: datetime) -> str:
+    """Twilio's date format (OpenAPI `format: date-time-rfc-2822`), e.g. 'Tue, 31 Aug 2010 20:36:28 +0000'."""
+    return format_datetime(when)
+
+
+class FakeTwilio:
+    def __init__(
+        self,
+        account_sid: str = ACCOUNT_SID,
+        auth_token: str = AUTH_TOKEN,
+        statuses: list[str] | tuple[str, ...] = ("queued", "ringing", "in-progress"),
+        friendly_name: str = "IF bus test account",
+    ) -> None:
+        self.account_sid = account_sid
+        self.auth_token = auth_token
+        self.statuses = list(statuses)
+        self.friendly_name = friendly_name
+        self.requests: list[Recorded] = []
+        self.calls: dict[str, FakeCall] = {}
+        #: after a `canceled` update, the status the call shows (simulates an answer racing the cancel)
+        self.cancel_result: str | None = None
+        self._injections: dict[str, list[tuple[int, dict[str, Any], dict[str, str]]]] = {}
+        self._stalls: dict[str, int] = {}
+        self._lock = threading.Lock()
+        self._release = threading.Event()
+        self._server: ThreadingHTTPServer | None = None
+        self._thread: threading.Thread | None = None
+
+    # Lifecycle
+
+    def start(self) -> FakeTwilio:
+        fake = self
+
+        class Handler(_Handler):
+            owner = fake
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server.daemon_threads = True
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, kwargs={"poll_interval": 0.02}, name="fake-twilio", daemon=True
+        )
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._release.set()
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+
+    def __enter__(self) -> FakeTwilio:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    @property
+    def base_url(self) -> str:
+        assert self._server is not None, "start() the fake first"
+        host, port = self._server.server_address[:2]
+        return f"http://{host}:{port}"
+
+    # Test hooks
+
+    def inject(
+        self,
+        kind: str,
+        status: int,
+        code: int,
+        message: str = "Injected error",
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        """The next request of `kind` (account, create, fetch, update) gets this Twilio error."""
+        body = _error(code, message, status)
+        with self._lock:
+            self._injections.setdefault(kind, []).append((status, body, dict(headers or {})))
+
+    def stall(self, kind: str, times: int = 1) -> None:
+        """The next `times` requests of `kind` are read in full and never answered."""
+        with self._lock:
+            self._stalls[kind] = self._stalls.get(kind, 0) + times
+
+    def of_kind(self, kind: str) -> list[Recorded]:
+        return [r for r in self.requests if r.kind == kind]
+
+    # Resources
+
+    def account_json(self) -> dict[str, Any]:
+        now = rfc2822(datetime.now(UTC))
+        sid = self.account_sid
+        return {
+            "auth_token": self.auth_token,  # the real API returns it too; the adapter must never echo it
+            "date_created": now,
+            "date_updated": now,
+            "friendly_name": self.friendly_name,
+            "owner_account_sid": sid,
+            "sid": sid,
+            "status": "active",
+            "subresource_uris": {"calls": f"{API}/Accounts/{sid}/Calls.json"},
+            "type": "Full",
+            "uri": f"{API}/Accounts/{sid}.json",
+        }
+
+    def call_json(self, call: FakeCall) -> dict[str, Any]:
+        account = self.account_sid
+        base = f"{API}/Accounts/{account}/Calls/{call.sid}"
+        status = call.status
+        answered = status in ("in-progress", "completed")
+        return {
+            "sid": call.sid,
+            "date_created": rfc2822(call.created),
+            "date_updated": rfc2822(datetime.now(UTC)),
+            "parent_call_sid": None,
+            "account_sid": account,
+            "to": call.params.get("To"),
+            "to_formatted": call.params.get("To"),
+            "from": call.params.get("From"),
+            "from_formatted": call.params.get("From"),
+            "phone_number_sid": "PN" + "ab" * 16,
+            "status": status,
+            "start_time": rfc2822(call.created) if status not in ("queued",) else None,
+            "end_time": rfc2822(datetime.now(UTC)) if status not in LIVE else None,
+            "duration": "0" if status not in LIVE and answered else None,
+            "price": None,
+            "price_unit": "USD",
+            "direction": "outbound-api",
+            "answered_by": None,
+            "api_version": "2010-04-01",
+            "forwarded_from": None,
+            "group_sid": None,
+            "caller_name": None,
+            "queue_time": "0",
+            "trunk_sid": None,
+            "uri": f"{base}.json",
+            "subresource_uris": {
+                "notifications": f"{base}/Notifications.json",
+                "recordings": f"{base}/Recordings.json",
+                "events": f"{base}/Events.json",
+            },
+        }
+
+    # Request handling (runs on the server's threads)
+
+    def _take(self, kind: str) -> tuple[str, tuple[int, dict[str, Any], dict[str, str]] | None]:
+        with self._lock:
+            if self._stalls.get(kind):
+                self._stalls[kind] -= 1
+                return "stall", None
+            queue = self._injections.get(kind)
+            if queue:
+                return "inject", queue.pop(0)
+        return "", None
+
+    def handle(self, method: str, path: str, headers: dict[str, str], body: bytes) -> tuple[Recorded, bytes]:
+        """Answer one request: (its record, with the response filled in, and the JSON body); _Stall: no answer."""
+        record = Recorded(method, path, headers, body)
+        with self._lock:
+            self.requests.append(record)
+        status, payload, extra = self._route(record)
+        record.response_status = status
+        record.response_headers = {"Content-Type": "application/json; charset=utf-8", **extra}
+        record.response_body = json.dumps(payload).encode("utf-8")
+        return record, record.response_body
+
+    def _route(self, record: Recorded) -> tuple[int, Any, dict[str, str]]:
+        method, headers, body = record.method, record.headers, record.body
+        route = urlsplit(record.path).path
+        kind, match = _classify(method, route)
+        record.kind = kind
+        if not self._authorized(headers.get("authorization", "")):
+            return 401, _error(20003, "Authenticate", 401), {}
+        action, injected = self._take(kind)
+        if action == "stall":
+            raise _Stall
+        if injected is not None:
+            return injected
+        if match is None or match.group("account") != self.account_sid:
+            return 404, _error(20404, f"The requested resource {route} was not found", 404), {}
+        if kind == "account":
+            return 200, self.account_json(), {}
+        form = {k: v[0] for k, v in record.form.items()} if body else {}
+        if kind == "create":
+            return self._create(form)
+        call = self.calls.get(match.group("sid"))
+        if call is None:
+            return 404, _error(20404, f"The requested resource {route} was not found", 404), {}
+        if kind == "fetch":
+            with self._lock:
+                call.fetches += 1
+            return 200, self.call_json(call), {}
+        return self._update(call, form)
+
+    def _create(self, form: dict[str, str]) -> tuple[int, Any, dict[str, str]]:
+        if not form.get("To"):
+            return 400, _error(21201, "No 'To' number is specified", 400), {}
+        if not form.get("From"):
+            return 400, _error(21213, "No 'From' number is specified", 400), {}
+        if not any(form.get(k) for k in ("Url", "Twiml", "ApplicationSid")):
+            return 400, _error(21200, "Either a 'Url', 'Twiml' or 'ApplicationSid' parameter is required", 400), {}
+        to = form["To"]
+        if not re.fullmatch(r"\+?[0-9]{2,15}|(client|sip|sim):.+", to):
+            return 400, _error(21211, f"The 'To' number {to} is not a valid phone number.", 400), {}
+        sid = "CA" + secrets.token_hex(16)
+        call = FakeCall(sid, form, list(self.statuses), datetime.now(UTC))
+        with self._lock:
+            self.calls[sid] = call
+        return 201, self.call_json(call), {}
+
+    def _update(self, call: FakeCall, form: dict[str, str]) -> tuple[int, Any, dict[str, str]]:
+        target = form.get("Status")
+        if target not in (None, "canceled", "completed"):
+            return 400, _error(20001, f"Invalid Status {target}", 400), {}
+        with self._lock:
+            current = call.status
+            if target:
+                call.updates.append(target)
+            if target == "canceled" and current in PENDING:
+                call.override = self.cancel_result or "canceled"
+            elif target == "completed" and current in LIVE:
+                call.override = "completed"
+        return 200, self.call_json(call), {}
+
+    def _authorized(self, header: str) -> bool:
+        scheme, _, value = header.partition(" ")
+        if scheme.lower() != "basic":
+            return False
+        try:
+            user, _, password = base64.b64decode(value, validate=True).decode("utf-8").partition(":")
+        except (ValueError, UnicodeDecodeError):
+            return False
+        return secrets.compare_digest(user, self.account_sid) and secrets.compare_digest(password, self.auth_token)
+
+
+class _Stall(Exception):
+    """Raised by the router to leave a request unanswered."""
+
+
+def _classify(method: str, route: str) -> tuple[str, re.Match[str] | None]:
+    for kind_by_method, pattern in (
+        ({"GET": "account"}, ACCOUNT_RE),
+        ({"POST": "create"}, CALLS_RE),
+        ({"GET": "fetch", "POST": "update"}, CALL_RE),
+    ):
+        match = pattern.match(route)
+        if match and method in kind_by_method:
+            return kind_by_method[method], match
+    return "other", None
+
+
+def _error(code: int, message: str, status: int) -> dict[str, Any]:
+    return {
+        "code": code,
+        "message": message,
+        "more_info": f"https://www.twilio.com/docs/errors/{code}",
+        "status": status,
+    }
+
+
+class _Handler(BaseHTTPRequestHandler):
+    owner: FakeTwilio
+    protocol_version = "HTTP/1.1"
+    wbufsize = 65536  # one write per response (handle_one_request flushes): no Nagle/delayed-ACK stalls
+    server_version = "FakeTwilio/1.0"
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+    def _serve(self) -> None:
+        length = int(self.headers.get("Content-Length") or 0)
+        body = self.rfile.read(length) if length else b""
+        headers = {k.lower(): v for k, v in self.headers.items()}
+        try:
+            record, data = self.owner.handle(self.command, self.path, headers, body)
+        except _Stall:
+            self.owner._release.wait(10)
+            self.close_connection = True
+            return
+        assert record.response_status is not None
+        self.send_response(record.response_status)
+        for key, value in record.response_headers.items():
+            self.send_header(key, value)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    do_GET = _serve
+    do_POST = _serve
+    do_DELETE = _serve
