@@ -1,0 +1,163 @@
+"""`ifbus` end to end on a real Kamailio (deploy/kamailio/kamailio.cfg) with SIPp parties.
+
+Each scenario runs twice: through a real `ifbus worker` process on a private redis-server (queue
+mode), and in embedded mode. The CLI is the installed `ifbus` script in a subprocess, as a user
+runs it. Assertions are on what the real peers saw (SIPp message logs, Kamailio's dlg.list), not
+on log lines. Lab facts: /work/shared/kamailio-lab.md §5(c)-(d).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import BIN
+from tests.lab import Kamailio, SippUA, free_port, kamailio_available, sipp_available
+
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.skipif(not kamailio_available(), reason="kamailio binary not installed (apt-get install kamailio)"),
+    pytest.mark.skipif(not sipp_available(), reason="sipp binary not installed (apt-get install sip-tester)"),
+]
+
+TOKEN = "ifbus-test-token"
+FR_TIMER_MS = 2000
+FR_INV_TIMER_MS = 5000
+
+
+@pytest.fixture(scope="module")
+def kam(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Kamailio]:
+    with Kamailio(tmp_path_factory.mktemp("kam"), token=TOKEN, fr_timer=FR_TIMER_MS, fr_inv_timer=FR_INV_TIMER_MS) as k:
+        yield k
+
+
+@pytest.fixture
+def ua(kam: Kamailio, tmp_path: Path) -> Iterator[Callable[[str, str], SippUA]]:
+    with ExitStack() as stack:
+        yield lambda scenario, name: stack.enter_context(SippUA(scenario, tmp_path, name, kamailio_port=kam.sip_port))
+
+
+@pytest.fixture(params=["queue", "inline"])
+def mode(request: pytest.FixtureRequest, kam: Kamailio) -> str:
+    """Register `mykam`, then run the test through a worker process or embedded."""
+    register("mykam", kam, TOKEN)
+    if request.param == "queue":
+        request.getfixturevalue("start_worker")("kamailio")
+    return request.param
+
+
+def register(name: str, kam: Kamailio, token: str) -> None:
+    result = ifbus(
+        "add", "sip", name, "--type", "kamailio", "--auth", f"token={token}", "realm=127.0.0.1",
+        "--port", str(kam.http_port), "--opt", f"fr_timer={FR_TIMER_MS / 1000:g}",
+        f"fr_inv_timer={FR_INV_TIMER_MS / 1000:g}", "--replace",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+
+
+def ifbus(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([str(BIN / "ifbus"), *args], capture_output=True, text=True, timeout=timeout,
+                          env=dict(os.environ))  # fmt: skip
+
+
+def test_test_reports_the_kamailio_version(mode: str) -> None:
+    result = ifbus("test", "sip", "mykam", "--json")
+    assert result.returncode == 0, result.stderr
+    data = json.loads(result.stdout)
+    assert data["message"].startswith("kamailio 5.")
+    assert data["data"]["version"].startswith("5.")
+    assert data["mode"] == mode
+
+
+def test_call_connects_shows_in_kamailio_and_hangup_sends_bye_to_both(mode: str, kam: Kamailio, ua) -> None:
+    alice = ua("refer_uas.xml", "alice")
+    bob = ua("answer_uas.xml", "bob")
+    result = ifbus("call", "sip", "mykam", f"from={alice.uri}", f"to={bob.uri}", "--json")
+    assert result.returncode == 0, result.stderr
+    call_id = json.loads(result.stdout)["call_id"]
+    assert call_id
+    live = [d for d in kam.dialogs() if d["call-id"] == call_id and d["state"] == 4]
+    assert len(live) == 1, kam.dialogs()
+    byes_before = alice.received("BYE")  # the bridge's hold leg already got its BYE
+    assert bob.received("BYE") == 0
+    hung = ifbus("hangup", "sip", "mykam", f"call_id={call_id}")
+    assert hung.returncode == 0, hung.stderr
+    assert bob.wait_received("BYE", 1), bob.received_requests()
+    assert alice.wait_received("BYE", byes_before + 1), alice.received_requests()
+    assert not [d for d in kam.dialogs() if d["call-id"] == call_id and d["state"] < 5]
+    again = ifbus("hangup", "sip", "mykam", f"call_id={call_id}")
+    assert again.returncode == 1 and "Not found" in again.stderr
+
+
+def test_busy_callee_exits_5_with_486(mode: str, ua) -> None:
+    alice = ua("refer_uas.xml", "alice")
+    busy = ua("busy_uas.xml", "busy")
+    result = ifbus("call", "sip", "mykam", f"from={alice.uri}", f"to={busy.uri}")
+    assert result.returncode == 5, (result.stdout, result.stderr)
+    assert result.stderr.strip().splitlines()[-1] == "Call failed: SIP 486 Busy Here"
+
+
+def test_busy_first_party_exits_5_with_486(mode: str, ua) -> None:
+    busy = ua("busy_uas.xml", "busy")
+    bob = ua("answer_uas.xml", "bob")
+    result = ifbus("call", "sip", "mykam", f"from={busy.uri}", f"to={bob.uri}", "--json")
+    assert result.returncode == 5
+    data = json.loads(result.stdout)
+    assert (data["sip_code"], data["reason"], data["data"]["leg"]) == (486, "Busy Here", "from")
+    assert bob.received("INVITE") == 0
+
+
+def test_unreachable_party_exits_5_with_408(mode: str, ua) -> None:
+    bob = ua("answer_uas.xml", "bob")
+    nobody = f"sip:nobody@127.0.0.1:{free_port(udp=True, tcp=False)}"
+    started = time.monotonic()
+    result = ifbus("call", "sip", "mykam", f"from={nobody}", f"to={bob.uri}")
+    took = time.monotonic() - started
+    assert result.returncode == 5
+    assert result.stderr.strip().splitlines()[-1] == "Call failed: SIP 408 Request Timeout"
+    assert took < FR_TIMER_MS / 1000 + 5  # bounded by Kamailio's fr_timer plus our margin
+
+
+def test_wrong_token_exits_3_naming_the_auth_keys(kam: Kamailio) -> None:
+    register("badkam", kam, "not-the-token")
+    result = ifbus("test", "sip", "badkam")
+    assert result.returncode == 3
+    assert "badkam" in result.stderr and "--auth token=… realm=…" in result.stderr
+    assert "not-the-token" not in result.stderr
+
+
+def test_until_accepted_returns_before_anyone_answers(kam: Kamailio, ua) -> None:
+    register("mykam", kam, TOKEN)
+    alice = ua("refer_uas.xml", "alice")
+    bob = ua("answer_uas.xml", "bob")
+    result = ifbus("call", "sip", "mykam", f"from={alice.uri}", f"to={bob.uri}", "--until", "accepted", "--json")
+    assert result.returncode == 0, result.stderr
+    data = json.loads(result.stdout)
+    assert data["call_id"] is None and len(data["data"]["tracking_id"]) == 16
+    assert bob.received("INVITE") == 0  # B is only called after A answered and followed the REFER
+    assert bob.wait_received("INVITE", 1, timeout=10)
+
+
+def test_sigterm_lets_the_worker_finish_the_current_call(kam: Kamailio, ua, start_worker) -> None:
+    register("mykam", kam, TOKEN)
+    worker = start_worker("kamailio")
+    alice = ua("refer_uas.xml", "alice")
+    bob = ua("answer_uas.xml", "bob")
+    caller = subprocess.Popen(
+        [str(BIN / "ifbus"), "call", "sip", "mykam", f"from={alice.uri}", f"to={bob.uri}", "--json"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=dict(os.environ),
+    )  # fmt: skip
+    assert alice.wait_received("INVITE", 1, timeout=10)  # the job is running now
+    worker.proc.send_signal(signal.SIGTERM)
+    out, err = caller.communicate(timeout=30)
+    assert caller.returncode == 0, err
+    assert json.loads(out)["call_id"]
+    assert worker.proc.wait(timeout=15) == 0
