@@ -34,7 +34,7 @@ class Producer:
         self.settings = settings or Settings()
         self.registry = registry or open_registry(self.settings.home)
         self.notice: str | None = None  # why embedded mode was chosen, for the CLI to print
-        self._redis: Redis | None = None
+        self._enqueued = False  # whether the current request reached Redis: decides unreachable vs unknown
 
     def submit(self, request: _Request, wait: bool = True) -> JobResult | str:
         """Run or enqueue `request`; return its JobResult, or the job id when `wait` is False."""
@@ -65,7 +65,6 @@ class Producer:
                 ) from None
             self.notice = f"embedded mode (no Redis at {_safe_url(url)}): running the job in this process"
             return None
-        self._redis = redis
         return redis
 
     def _run_inline(self, request: _Request) -> JobResult:
@@ -75,9 +74,23 @@ class Producer:
         return JobResult.model_validate(execute(payload, mode="inline"))
 
     def _enqueue(self, redis: Redis, queue: str, request: _Request, wait: bool) -> JobResult | str:
+        try:
+            return self._enqueue_and_wait(redis, queue, request, wait)
+        except (RedisError, OSError) as exc:
+            if self._enqueued:
+                raise OutcomeUnknown(
+                    f"lost Redis while waiting ({exc}); job {request.request_id} on {queue} may still run: "
+                    f"look it up with `ifbus job {request.request_id}`",
+                    job_id=request.request_id,
+                    server=request.server,
+                ) from None
+            raise Unreachable(f"Redis failed before the job was queued: {exc}") from None
+
+    def _enqueue_and_wait(self, redis: Redis, queue: str, request: _Request, wait: bool) -> JobResult | str:
         from rq import Queue, Worker
         from rq.serializers import JSONSerializer
 
+        self._enqueued = False
         rq_queue = Queue(queue, connection=redis, serializer=JSONSerializer)
         if Worker.count(queue=rq_queue) == 0:
             vendor_type = queue.removeprefix("sip.")
@@ -92,6 +105,7 @@ class Producer:
             result_ttl=REPLY_TTL_SECONDS,
             failure_ttl=24 * 3600,
         )
+        self._enqueued = True
         if not wait:
             return request.request_id
         popped = redis.blpop([key], timeout=request.timeout)

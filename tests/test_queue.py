@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 from redis import Redis
+from redis.exceptions import RedisError
 from rq import Queue
 from rq.job import JobStatus
 from rq.serializers import JSONSerializer
@@ -139,3 +140,42 @@ def test_worker_refuses_a_job_naming_another_function(redis_url: str, tmp_path: 
     assert not target.exists()
     assert job.get_status(refresh=True) == JobStatus.FAILED
     assert "job.refused" in proc.stderr and "os.mkdir" in proc.stderr
+
+
+def test_redis_dying_while_a_caller_waits_is_outcome_unknown(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """A real redis-server of this test's own is killed during the caller's blocking pop."""
+    import shutil
+    import threading
+
+    from tests.lab import free_port
+
+    add_kamailio_on_closed_port()
+    port = free_port(udp=False, tcp=True)
+    server = subprocess.Popen(
+        [shutil.which("redis-server") or "redis-server", "--port", str(port), "--bind", "127.0.0.1",
+         "--save", "", "--appendonly", "no", "--dir", str(tmp_path)],
+        stdout=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        url = f"redis://127.0.0.1:{port}/0"
+        from tests.lab import wait_for
+
+        assert wait_for(lambda: _answers(url), 10)
+        monkeypatch.setenv("IFBUS_MODE", "queue")
+        monkeypatch.setenv("IFBUS_REDIS_URL", url)
+        # Nobody consumes the queue, so the caller sits in BLPOP; pretend a worker is registered.
+        monkeypatch.setattr("rq.Worker.count", classmethod(lambda cls, *a, **k: 1))
+        threading.Timer(0.5, server.kill).start()
+        result = run("test", "sip", "mykam", "--timeout", "20", "--request-id", "req-redis-dies")
+        assert result.exit_code == 6, result.stderr
+        assert "lost Redis while waiting" in result.stderr and "ifbus job req-redis-dies" in result.stderr
+    finally:
+        server.kill()
+        server.wait()
+
+
+def _answers(url: str) -> bool:
+    try:
+        return bool(Redis.from_url(url).ping())
+    except (OSError, RedisError):
+        return False
