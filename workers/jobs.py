@@ -147,13 +147,16 @@ def _adapter(name: str, entry: ServerEntry) -> Adapter:
 def _failure(
     request_id: str, op: str, server: str, exc: BusError, attempts: dict[str, int], mode: str
 ) -> dict[str, Any]:
+    message = exc.message
+    if exc.outcome.transient and attempts:
+        message += " (attempts: " + ", ".join(f"{name} ×{count}" for name, count in attempts.items()) + ")"
     return JobResult(
         request_id=request_id or "invalid",
         op=op if op in ("test", "call", "hangup") else "test",
         server=server,
         outcome=exc.outcome,
         exit_code=exc.exit_code,
-        message=exc.message,
+        message=message,
         call_id=exc.details.get("call_id"),
         sip_code=exc.details.get("sip_code"),
         reason=exc.details.get("reason"),
