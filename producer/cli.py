@@ -142,7 +142,11 @@ def cli() -> None:
 @click.argument("kind", metavar="sip")
 @click.argument("name")
 @click.argument("type_arg", metavar="[TYPE]", required=False)
-@click.option("--type", "type_opt", help=f"Server type: {', '.join(TYPES)}.")
+@click.option(
+    "--type",
+    "type_opt",
+    help=f"Server type: {', '.join(TYPES)}; left out or `auto`: detected by probing --host.",
+)
 @click.option("--auth", "auth", multiple=True, metavar="KEY=VALUE…", help="Credentials, e.g. --auth token=x realm=y.")
 @click.option("--host", help="Management host (default: the domain/realm given, else 127.0.0.1).")
 @click.option("--port", type=click.IntRange(1, 65535), help="Management port (default: the vendor's).")
@@ -175,6 +179,12 @@ def add(
       ifbus add sip mytw --type twilio --auth account_sid=AC… auth_token=…
       ifbus add sip myvon --type vonage --auth api_key=key123 api_secret=secret456
       ifbus add sip myfpbx --type fusionpbx --auth username=admin password=pass123 domain=fusion.local
+
+    \b
+    Without a type the host is probed (SIP OPTIONS on --opt sip_port=, default 5060; the AMI and
+    ESL banners) and the detected type is stored; exit 4 if nothing answers, 2 if ambiguous:
+      ifbus add sip edge1 --host 10.0.0.5
+      ifbus add sip edge1 --host 10.0.0.5 --opt sip_port=5080
     """
     from bus.registry import open_registry
     from bus.server import ServerEntry
@@ -185,16 +195,25 @@ def add(
     if type_arg and type_opt and type_arg != type_opt:
         raise InvalidInput(f"two types given: {type_arg!r} and --type {type_opt!r}")
     type_ = type_opt or type_arg
-    if not type_:
-        raise InvalidInput(f"missing --type: one of {', '.join(TYPES)}")
-    entry = ServerEntry.build(type_, parse_pairs(auth, "--auth"), host, port, pool, parse_pairs(opts, "--opt"))
+    auth_pairs, options = parse_pairs(auth, "--auth"), parse_pairs(opts, "--opt")
+    detected = None
+    if not type_ or type_ == "auto":
+        from bus.detect import detect_for_add  # only here: `add` with a type never imports probing code
+
+        where = host or auth_pairs.get("domain") or auth_pairs.get("realm") or "127.0.0.1"
+        if not replace and name in open_registry().entries():  # say so before seconds of probing
+            raise InvalidInput(f"Server {name!r} already exists: use --replace to overwrite it")
+        detected = detect_for_add(where, port, options)
+        type_, port, options, host = detected.type, detected.port, detected.options, where
+    entry = ServerEntry.build(type_, auth_pairs, host, port, pool, options)
     open_registry().add(name, entry, replace=replace)
     view = entry.public_view(name)
-    emit(
-        as_json,
-        {"ok": True, "added": view},
-        f"Added {name} ({type_}) at {view['host'] or view['options'].get('base_url')}",
-    )
+    added = f"Added {name} ({type_}) at {view['host'] or view['options'].get('base_url')}"
+    if detected is None:
+        emit(as_json, {"ok": True, "added": view}, added)
+    else:
+        summary = detected.detection.summary()
+        emit(as_json, {"ok": True, "added": view, "detected": detected.detection.to_dict()}, f"{summary}\n{added}")
 
 
 @cli.command("list", context_settings=CONTEXT)

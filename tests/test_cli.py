@@ -127,7 +127,9 @@ BAD_INPUTS = [
     ("name with space", ["add", "sip", "my kam", "--type", "kamailio"]),
     ("unicode name", ["add", "sip", "kämailio", "--type", "kamailio"]),
     ("huge name", ["add", "sip", "k" * 300, "--type", "kamailio"]),
-    ("missing type", ["add", "sip", "k", "--auth", "token=a"]),
+    # no type = detect (tests/integration/test_sip_probe_lab.py); a bad probe port is refused before probing
+    ("auto type, bad sip_port", ["add", "sip", "k", "--auth", "token=a", "--opt", "sip_port=99999"]),
+    ("auto type, bad ami_port", ["add", "sip", "k", "--type", "auto", "--opt", "ami_port=x"]),
     ("two types", ["add", "sip", "k", "kamailio", "--type", "asterisk"]),
     ("wrong kind", ["add", "h323", "k", "--type", "kamailio"]),
     ("port not a number", ["add", "sip", "k", "--type", "kamailio", "--port", "abc"]),
