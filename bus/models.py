@@ -50,6 +50,11 @@ class _Request(BaseModel):
         default=None, description="Redis list the worker LPUSHes the JobResult JSON to; None = nobody waits"
     )
     timeout: float = Field(default=60.0, gt=0, le=3600, description="Seconds the caller waits for the answer")
+    submitted_at: float | None = Field(default=None, description="Unix time the producer submitted it")
+    # Routing state, carried across failover hops by the workers; producers leave these empty.
+    tried: list[ServerName] = Field(default_factory=list, description="servers already given up on")
+    attempts: dict[ServerName, int] = Field(default_factory=dict, description="attempts made on each server")
+    errors: dict[ServerName, str] = Field(default_factory=dict, description="last error on each server tried")
 
 
 class TestRequest(_Request):
@@ -92,7 +97,7 @@ class JobResult(BaseModel):
     schema_version: Literal[1] = SCHEMA_VERSION
     request_id: str
     op: Literal["test", "call", "hangup"]
-    server: str
+    server: str = Field(description="the server that carried the request (or the last one tried)")
     outcome: Outcome
     exit_code: int
     message: str
@@ -101,6 +106,7 @@ class JobResult(BaseModel):
     reason: str | None = None
     data: dict[str, Any] = Field(default_factory=dict)
     attempts: dict[str, int] = Field(default_factory=dict, description="attempts made on each server tried")
+    errors: dict[str, str] = Field(default_factory=dict, description="last error on each server given up on")
     mode: Literal["queue", "inline"] = "queue"
 
     @property

@@ -26,6 +26,7 @@ class Settings(BaseSettings):
     )
     timeout: float = Field(default=60.0, gt=0, description="seconds a caller waits for a result")
     log_level: str = "INFO"
+    probe_interval: float = Field(default=2.0, ge=0, description="seconds between probes of open servers; 0 = off")
 
     @property
     def effective_redis_url(self) -> str:

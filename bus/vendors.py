@@ -12,9 +12,28 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
-# Timeouts in seconds; `attempts` is the per-server attempt budget for transient failures.
-_LAN = {"connect_timeout": "2", "read_timeout": "5", "attempts": "3"}
-_CLOUD = {"connect_timeout": "5", "read_timeout": "15", "attempts": "4"}
+# Timeouts in seconds; `attempts` is the per-server attempt budget for transient failures;
+# `breaker_threshold` failed attempts in a row open a server's breaker for `breaker_cooldown` s.
+# A LAN server that refuses is down (fail over fast, look again soon); a cloud API mostly sheds load
+# for a while (more patience per attempt, longer cool-down).
+_LAN = {
+    "connect_timeout": "2",
+    "read_timeout": "5",
+    "attempts": "3",
+    "breaker_threshold": "3",
+    "breaker_cooldown": "5",
+    # `test` also sends one SIP OPTIONS here (the management port is not the SIP port).
+    "sip_port": "5060",
+    "sip_transport": "udp",
+    "sip_timeout": "1",
+}
+_CLOUD = {
+    "connect_timeout": "5",
+    "read_timeout": "15",
+    "attempts": "4",
+    "breaker_threshold": "4",
+    "breaker_cooldown": "15",
+}
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,8 @@ otherwise runs in-process (embedded mode), so a newcomer needs nothing but the p
 from __future__ import annotations
 
 import json
+import time
+import uuid
 from typing import Any
 
 from redis import Redis
@@ -21,12 +23,14 @@ from redis.exceptions import RedisError
 
 from bus.errors import OutcomeUnknown, Unreachable
 from bus.models import JobResult, _Request
-from bus.queues import JOB_FUNCTION, REPLY_TTL_SECONDS, queue_name, reply_key
+from bus.queues import JOB_FUNCTION, queue_name, reply_key
 from bus.registry import Registry, open_registry
 from bus.settings import Settings
 
 # How long `auto` mode waits for a Redis on the default URL before choosing embedded mode.
 PROBE_TIMEOUT_SECONDS = 0.25
+# A live worker seen on a queue is trusted for this long before the producer looks again.
+WORKER_SEEN_SECONDS = 1.0
 
 
 class Producer:
@@ -35,6 +39,8 @@ class Producer:
         self.registry = registry or open_registry(self.settings.home)
         self.notice: str | None = None  # why embedded mode was chosen, for the CLI to print
         self._enqueued = False  # whether the current request reached Redis: decides unreachable vs unknown
+        self._redis: Redis | None = None  # one connection pool for every submit of this producer
+        self._served: dict[str, float] = {}  # queue → until when a live worker was last seen (monotonic)
 
     def submit(self, request: _Request, wait: bool = True) -> JobResult | str:
         """Run or enqueue `request`; return its JobResult, or the job id when `wait` is False."""
@@ -45,6 +51,8 @@ class Producer:
         return self._enqueue(redis, queue_name(entry.type), request, wait)
 
     def _connect(self) -> Redis | None:
+        if self._redis is not None:
+            return self._redis
         mode = self.settings.mode
         if mode == "inline":
             self.notice = "embedded mode (IFBUS_MODE=inline): running the job in this process"
@@ -65,6 +73,7 @@ class Producer:
                 ) from None
             self.notice = f"embedded mode (no Redis at {_safe_url(url)}): running the job in this process"
             return None
+        self._redis = redis
         return redis
 
     def _run_inline(self, request: _Request) -> JobResult:
@@ -90,53 +99,122 @@ class Producer:
         from rq import Queue, Worker
         from rq.serializers import JSONSerializer
 
+        from bus.ledger import RedisLedger
+
+        ledger = RedisLedger(redis)
         self._enqueued = False
+        rid = request.request_id
+        if request.submitted_at is None:
+            request = request.model_copy(update={"submitted_at": time.time()})
+        if not ledger.claim_request(rid):
+            # Submitted before within the window: the first submission's answer, never a second call.
+            self._enqueued = True
+            return self._join(redis, ledger, request, queue) if wait else rid
         rq_queue = Queue(queue, connection=redis, serializer=JSONSerializer)
-        if Worker.count(queue=rq_queue) == 0:
+        if self._served.get(queue, 0) < time.monotonic() and Worker.count(queue=rq_queue) > 0:
+            self._served[queue] = time.monotonic() + WORKER_SEEN_SECONDS
+        if self._served.get(queue, 0) < time.monotonic():
+            ledger.forget_request(rid)
             vendor_type = queue.removeprefix("sip.")
             raise Unreachable(f"no worker serves {queue}: start `ifbus worker {vendor_type}`, or set IFBUS_MODE=inline")
-        key = reply_key(request.request_id) if wait else None
+        key = reply_key(rid) if wait else None
         payload = request.model_copy(update={"reply_key": key}).model_dump(mode="json", by_alias=True)
         rq_queue.enqueue(
             JOB_FUNCTION,
             payload,
-            job_id=request.request_id,
+            job_id=rid,
             job_timeout=int(request.timeout) + 30,
-            result_ttl=REPLY_TTL_SECONDS,
+            result_ttl=0,  # the bus stores its own result (ifbus:result:<id>); RQ's copy would be redundant
             failure_ttl=24 * 3600,
         )
         self._enqueued = True
-        if not wait:
-            return request.request_id
-        popped = redis.blpop([key], timeout=request.timeout)
-        if popped is None:
-            raise OutcomeUnknown(
-                f"no answer within {request.timeout:g} s; job {request.request_id} on {queue} may still run: "
-                f"look it up with `ifbus job {request.request_id}`",
-                job_id=request.request_id,
-                server=request.server,
-            )
-        return JobResult.model_validate(json.loads(popped[1]))
+        if key is None:
+            return rid
+        return self._wait(redis, ledger, key, request, queue)
+
+    def _join(self, redis: Redis, ledger: Any, request: _Request, queue: str) -> JobResult:
+        """Wait for a request someone already submitted: its stored result, or a waiter's reply key.
+
+        The result is read again after registering, and the worker stores the result before it
+        reads the waiters, so the answer cannot slip between the two."""
+        rid = request.request_id
+        for _ in range(2):
+            done = ledger.result(rid)
+            if done is not None:
+                return JobResult.model_validate(done)
+            key = f"{reply_key(rid)}:{uuid.uuid4().hex[:12]}"
+            ledger.add_waiter(rid, key)
+        return self._wait(redis, ledger, key, request, queue)
+
+    def _wait(self, redis: Redis, ledger: Any, key: str, request: _Request, queue: str) -> JobResult:
+        """Block on the reply key in slices; between slices read the request's lease.
+
+        A worker refreshes the lease every second while it works, so a lease that vanished with no
+        answer means the worker died mid-request: the caller hears "outcome unknown" within about
+        LEASE_SECONDS + 1 s instead of waiting out its whole timeout.
+        """
+        from bus.ledger import LEASE_REFRESH_SECONDS, REQUEUED
+
+        rid = request.request_id
+        deadline = time.monotonic() + request.timeout
+        holder: str | None = None
+        lost: Exception | None = None
+        while (left := deadline - time.monotonic()) > 0:
+            try:
+                popped = redis.blpop([key], timeout=min(LEASE_REFRESH_SECONDS, left))
+                lease = None if popped is not None else ledger.read_lease(rid)
+            except (RedisError, OSError) as exc:
+                # Redis restarting: keep trying until the deadline. A restarted Redis has no lease
+                # yet, so forget the holder until the worker refreshes it (within a second).
+                lost, holder = exc, None
+                time.sleep(min(0.2, max(0.0, deadline - time.monotonic())))
+                continue
+            if popped is not None:
+                return JobResult.model_validate(json.loads(popped[1]))
+            if lease is not None:
+                holder = None if lease.startswith(REQUEUED) else lease
+                continue
+            if holder is not None:
+                late = redis.lpop(key)  # the worker pushes the answer before it drops the lease
+                if late is not None:
+                    return JobResult.model_validate(json.loads(late))
+                raise OutcomeUnknown(
+                    f"the worker serving request {rid} on {holder} stopped without answering (killed or lost); "
+                    f"the call may have been placed on {holder}: check it before trying again",
+                    job_id=rid,
+                    server=holder,
+                )
+        why = f"Redis was lost while waiting ({lost})" if lost else f"no answer within {request.timeout:g} s"
+        raise OutcomeUnknown(
+            f"{why}; job {rid} on {queue} may still run: look it up with `ifbus job {rid}`",
+            job_id=rid,
+            server=request.server,
+        )
 
 
 def job_status(job_id: str, settings: Settings | None = None) -> dict[str, Any]:
-    """What RQ knows of a job: its status and, once finished, the JobResult it returned."""
+    """A request's final JobResult from the bus's own store (it outlives RQ's job record, which is
+    dropped on success, and spans failover hops), else what RQ says of the job meanwhile."""
     from rq.exceptions import NoSuchJobError
     from rq.job import Job
     from rq.serializers import JSONSerializer
 
+    from bus.errors import NotFound
+    from bus.ledger import RedisLedger
+
     settings = settings or Settings()
     redis = Redis.from_url(settings.effective_redis_url)
     try:
+        result = RedisLedger(redis).result(job_id)
+        if result is not None:
+            return {"job_id": job_id, "status": "finished", "result": result}
         job = Job.fetch(job_id, connection=redis, serializer=JSONSerializer)
     except NoSuchJobError:
-        from bus.errors import NotFound
-
         raise NotFound(f"Not found: job {job_id}") from None
     except (RedisError, OSError) as exc:
         raise Unreachable(f"Redis at {_safe_url(settings.effective_redis_url)} is not reachable: {exc}") from None
     status = job.get_status()
-    return {"job_id": job_id, "status": str(getattr(status, "value", status)), "result": job.return_value()}
+    return {"job_id": job_id, "status": str(getattr(status, "value", status)), "result": None}
 
 
 def _safe_url(url: str) -> str:

@@ -232,18 +232,46 @@ def list_(kind: str, as_json: bool) -> None:
     check_kind(kind)
     entries = open_registry().entries()
     views = [entry.public_view(name) for name, entry in entries.items()]
+    health = _health(entries)
+    for view in views:
+        if view["name"] in health:
+            view["health"] = health[view["name"]]
     if as_json:
         emit(True, {"ok": True, "servers": views}, "")
         return
     if not views:
         click.echo("No servers registered: add one with `ifbus add sip NAME --type TYPE --auth KEY=VALUE…`")
         return
-    rows = [("NAME", "TYPE", "HOST", "AUTH")] + [
-        (v["name"], v["type"], _where(v), " ".join(f"{k}={x}" for k, x in v["auth"].items())) for v in views
-    ]
-    widths = [max(len(r[i]) for r in rows) for i in range(3)]
+    rows = [("NAME", "TYPE", "HOST", "HEALTH", "AUTH")] + [
+        (v["name"], v["type"], _where(v), v.get("health", {}).get("state", "-"),
+         " ".join(f"{k}={x}" for k, x in v["auth"].items()))
+        for v in views
+    ]  # fmt: skip
+    widths = [max(len(r[i]) for r in rows) for i in range(4)]
     for row in rows:
-        click.echo("  ".join(c.ljust(w) for c, w in zip(row[:3], widths, strict=True)) + "  " + row[3])
+        click.echo("  ".join(c.ljust(w) for c, w in zip(row[:4], widths, strict=True)) + "  " + row[4])
+
+
+def _health(entries: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Shared breaker states, when IFBUS_REDIS_URL names the bus's Redis (redis is imported only
+    then, so a plain `list` stays fast); '-' in the table means unknown."""
+    url = os.environ.get("IFBUS_REDIS_URL")
+    if not url or not entries:
+        return {}
+    from redis import Redis
+    from redis.exceptions import RedisError
+
+    from bus.health import RedisHealth, effective
+
+    try:
+        states = RedisHealth(Redis.from_url(url, socket_connect_timeout=0.5)).get_many(list(entries))
+    except (RedisError, OSError) as exc:
+        click.echo(f"ifbus: health unknown (Redis: {exc})", err=True)
+        return {}
+    return {
+        name: {**h.as_dict(), "state": effective(h, float(entries[name].effective_options["breaker_cooldown"]))}
+        for name, h in states.items()
+    }
 
 
 def _where(view: dict[str, Any]) -> str:
@@ -418,6 +446,10 @@ def _submit(
         click.echo(outcome.message if outcome.sip_code else f"Error: {outcome.message}", err=True)
         sys.exit(outcome.exit_code)
     line = outcome.message + (f"\ncall_id={outcome.call_id}" if outcome.call_id else "")
+    if "health" in outcome.data:
+        line += f"\nhealth: {outcome.data['health']} (served by {outcome.server})"
+    if "warning" in outcome.data:
+        click.echo(f"warning: {outcome.data['warning']}", err=True)
     emit(as_json, {"ok": True, **result}, line)
 
 
@@ -483,7 +515,14 @@ def worker(types: tuple[str, ...], concurrency: int, burst: bool) -> None:
         vendor(type_)
     settings = Settings()
     configure(settings.log_level)
-    run_workers(settings.effective_redis_url, list(types or TYPES), concurrency, burst, settings.log_level)
+    run_workers(
+        settings.effective_redis_url,
+        list(types or TYPES),
+        concurrency,
+        burst,
+        settings.log_level,
+        settings.probe_interval,
+    )
 
 
 @cli.command(context_settings=CONTEXT)

@@ -26,6 +26,7 @@ def ifbus_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("IFBUS_MODE", "inline")
     monkeypatch.delenv("IFBUS_REDIS_URL", raising=False)
     monkeypatch.delenv("IFBUS_TIMEOUT", raising=False)
+    monkeypatch.setattr("workers.jobs._inline", None)  # embedded-mode health/ledger start empty per test
     return home
 
 

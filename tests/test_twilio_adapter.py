@@ -23,6 +23,7 @@ from bus.errors import (
     Unreachable,
 )
 from bus.server import ServerEntry
+from bus.sip import reason_phrase
 from tests.fake_twilio import ACCOUNT_SID, AUTH_TOKEN, FakeTwilio
 from workers.adapters import adapter_class
 from workers.adapters import twilio as twilio_module
@@ -188,7 +189,7 @@ def test_unanswered_statuses_map_to_sip(fake: FakeTwilio, status: str, sip_code:
     assert exc.details["call_id"] in fake.calls and exc.details["twilio_status"] == status
     assert exc.details["server"] == "tw" and exc.exit_code == 5
     assert len(fake.of_kind("create")) == 1
-    assert STATUS_SIP[status] == (sip_code, reason)
+    assert (STATUS_SIP[status], reason_phrase(STATUS_SIP[status])) == (sip_code, reason)
 
 
 @pytest.mark.parametrize("code", sorted(CREATE_ERROR_SIP))
@@ -196,7 +197,7 @@ def test_create_refusals_map_to_sip(adapter: TwilioAdapter, fake: FakeTwilio, co
     fake.inject("create", 400, code, f"Twilio says {code}")
     with pytest.raises(CallRejected) as info:
         adapter.call(FROM, TO, "answered", {}, soon())
-    assert (info.value.sip_code, info.value.reason) == CREATE_ERROR_SIP[code]
+    assert (info.value.sip_code, info.value.reason) == (CREATE_ERROR_SIP[code], reason_phrase(CREATE_ERROR_SIP[code]))
     assert info.value.details["twilio_code"] == code
     assert info.value.details["twilio_message"] == f"Twilio says {code}"
     assert len(fake.requests) == 1
@@ -501,7 +502,7 @@ def test_job_busy_result(fake: FakeTwilio) -> None:
     register(fake)
     result = execute({"op": "call", "server": "tw", "from": FROM, "to": TO})
     assert (result["outcome"], result["exit_code"], result["sip_code"]) == ("rejected", 5, 486)
-    assert result["call_id"] in fake.calls and result["data"] == {"twilio_status": "busy"}
+    assert result["call_id"] in fake.calls and result["data"]["twilio_status"] == "busy"
     assert result["attempts"] == {"tw": 1}
 
 

@@ -1,136 +1,266 @@
 """The job entry point RQ runs, and the same function embedded mode calls in-process.
 
-`run` is the only function a worker will execute (workers.worker refuses any other name). It
-resolves the server by name in the registry, runs the operation on that server's adapter under a
-bounded retry for transient failures, and hands back exactly one JobResult.
+`run` is the only function a worker will execute (workers.worker refuses any other name). A job
+picks its server when it starts (round-robin over the pool, skipping open breakers), runs the
+operation under that server's attempt budget, and either finishes with exactly one JobResult or,
+when the server is down, re-queues itself for the next server of the pool. The rules (DESIGN.md):
+
+- unreachable / overloaded: retried on the same server with backoff, then failover (`call`);
+- auth failure: no retry on that server, breaker opened, failover (`call`);
+- call rejected: final, never failed over (another server would ring the same person again);
+- ambiguous: final for `call` ("outcome unknown"); `test`/`hangup` are idempotent and retry.
 """
 
 from __future__ import annotations
 
-import json
+import re
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from pydantic import ValidationError
 
 from bus import backoff
-from bus.errors import BusError, InvalidInput, Outcome
+from bus.errors import BusError, InvalidInput, NotFound, Outcome, OutcomeUnknown
+from bus.failover import next_server, pool_order
+from bus.health import CLOSED, HealthStore, MemoryHealth
+from bus.ledger import REQUEUED, LeaseKeeper, Ledger, MemoryLedger
 from bus.logging import get_logger
-from bus.models import CallRequest, HangupRequest, JobResult, TestRequest, parse_request
-from bus.queues import REPLY_TTL_SECONDS
+from bus.models import CallRequest, HangupRequest, JobResult, TestRequest, _Request, parse_request
 from bus.registry import open_registry
 from bus.server import ServerEntry
 from workers.adapters import adapter_class
 from workers.adapters.base import Adapter, Answer
+from workers.sip_check import with_sip_reachability
 
 log = get_logger("ifbus.job")
+
+_REQUEST_ID = re.compile(r"[A-Za-z0-9_-]{8,64}")
 
 # Adapters kept between jobs of one worker process, so keep-alive connections are reused.
 _adapters: dict[str, tuple[ServerEntry, Adapter]] = {}
 
 
+@dataclass
+class Context:
+    """Where health and request state live: Redis for workers, this process for embedded mode."""
+
+    health: HealthStore
+    ledger: Ledger
+    requeue: Callable[[_Request], None] | None = None  # None: fail over in this process
+
+
+_inline: Context | None = None
+
+# Outcomes that say something about the server's health (a rejected call says the server works).
+_UNHEALTHY = frozenset({Outcome.UNREACHABLE, Outcome.OVERLOADED, Outcome.AMBIGUOUS, Outcome.AUTH})
+
+
+def inline_context() -> Context:
+    global _inline
+    if _inline is None:
+        _inline = Context(MemoryHealth(), MemoryLedger())
+    return _inline
+
+
 def run(payload: dict[str, Any]) -> dict[str, Any]:
-    """RQ entry point: execute, then push the result to the caller's reply key, if any."""
+    """RQ entry point: health and ledger in the worker's Redis; failover by re-queue."""
     from rq import get_current_job
 
-    result = execute(payload, mode="queue")
-    reply_key = payload.get("reply_key") if isinstance(payload, dict) else None
+    from bus.health import RedisHealth
+    from bus.ledger import RedisLedger
+
     job = get_current_job()
-    if reply_key and job is not None:
-        with job.connection.pipeline() as pipe:
-            pipe.lpush(reply_key, json.dumps(result))
-            pipe.expire(reply_key, REPLY_TTL_SECONDS)
-            pipe.execute()
+    assert job is not None, "workers.jobs.run runs inside an RQ job"
+    redis = job.connection
+    context = Context(RedisHealth(redis), RedisLedger(redis), requeue=lambda request: _requeue(redis, request))
+    result = execute(payload, mode="queue", context=context)
     return result
 
 
-def execute(payload: Any, mode: str = "inline") -> dict[str, Any]:
-    """Run one request; every failure becomes a JobResult, never an exception."""
-    started = time.monotonic()
+def execute(payload: Any, mode: str = "inline", context: Context | None = None) -> dict[str, Any]:
+    """Serve one request; every failure becomes a JobResult, never an exception."""
+    context = context or inline_context()
     request_id = payload.get("request_id", "") if isinstance(payload, dict) else ""
+    reply_key = payload.get("reply_key") if isinstance(payload, dict) else None
     try:
         request = parse_request(payload)
     except ValidationError as exc:
-        return _failure(str(request_id), "test", "", InvalidInput(_validation_message(exc)), {}, mode)
-    attempts: dict[str, int] = {}
+        result = _result(str(request_id), "test", "", InvalidInput(_validation_message(exc)), {}, {}, mode)
+        if isinstance(request_id, str) and _REQUEST_ID.fullmatch(request_id) and isinstance(reply_key, str):
+            context.ledger.finish(request_id, result, reply_key)  # the caller still gets its one answer
+        return result
+    served = _serve(request, context, mode)
+    if served is not None:
+        result, healthy = served
+        close = (lambda pipe: context.health.success(healthy, pipe)) if healthy else None
+        context.ledger.finish(request.request_id, result, request.reply_key, also=close)
+        return result
+    return {"request_id": request.request_id, "requeued": True, "tried": None}
+
+
+def _serve(request: _Request, context: Context, mode: str) -> tuple[dict[str, Any], str | None] | None:
+    """The request's one result and the server that just proved healthy (its breaker is closed in
+    the same round trip that delivers the result), or None when it was re-queued."""
+    attempts, errors, tried = dict(request.attempts), dict(request.errors), list(request.tried)
+    deadline = _deadline(request)
+    keeper = LeaseKeeper(context.ledger, request.request_id)
+    server = request.server
     try:
-        entry = open_registry().get(request.server)
-        adapter = _adapter(request.server, entry)
-        answer = _attempt(adapter, request, attempts, started)
+        entries = open_registry().entries()
+        if request.server not in entries:
+            raise NotFound(f"Not found: {request.server}")
+        while True:
+            server = _choose(request, entries, tried, context)
+            if server is None:
+                return _exhausted(request, attempts, errors, mode), None
+            keeper.hold(server)
+            try:
+                answer = _attempt(_adapter(server, entries[server]), request, attempts, deadline, context)
+            except BusError as exc:
+                if not _fails_over(request, exc):
+                    raise
+                tried.append(server)
+                errors[server] = exc.message
+                if next_server(entries, request.server, tried, context.health) is None:
+                    raise
+                log.info("job.failover", request_id=request.request_id, server=server, outcome=exc.outcome.value)
+                if context.requeue is not None:
+                    keeper.stop()
+                    context.ledger.lease(request.request_id, REQUEUED, max(1.0, deadline - time.monotonic()))
+                    context.requeue(request.model_copy(update={"tried": tried, "attempts": attempts, "errors": errors}))
+                    return None
+                continue
+            if isinstance(request, CallRequest) and answer.call_id:
+                context.ledger.remember_call(answer.call_id, server)
+            log.info("job.done", request_id=request.request_id, op=request.op, server=server, call_id=answer.call_id)
+            return JobResult(
+                request_id=request.request_id,
+                op=request.op,
+                server=server,
+                outcome=Outcome.OK,
+                exit_code=0,
+                message=answer.message,
+                call_id=answer.call_id,
+                sip_code=answer.data.get("sip_code"),
+                data={**answer.data, "health": CLOSED},  # closed as the result is delivered
+                attempts=attempts,
+                errors=errors,
+                mode=mode,
+            ).model_dump(mode="json"), server
     except BusError as exc:
-        log.info(
-            "job.failed",
-            request_id=request.request_id,
-            op=request.op,
-            server=request.server,
-            outcome=exc.outcome.value,
-            error=exc.message,
-        )
-        return _failure(request.request_id, request.op, request.server, exc, attempts, mode)
-    log.info(
-        "job.done",
-        request_id=request.request_id,
-        op=request.op,
-        server=request.server,
-        call_id=answer.call_id,
-        ms=round((time.monotonic() - started) * 1000, 1),
-    )
-    return JobResult(
-        request_id=request.request_id,
-        op=request.op,
-        server=request.server,
-        outcome=Outcome.OK,
-        exit_code=0,
-        message=answer.message,
-        call_id=answer.call_id,
-        sip_code=answer.data.get("sip_code"),
-        data=answer.data,
-        attempts=attempts,
-        mode=mode,
-    ).model_dump(mode="json")
+        if server:
+            exc.details.setdefault("health", context.health.get(server).state)
+        log.info("job.failed", request_id=request.request_id, op=request.op, server=server,
+                 outcome=exc.outcome.value, error=exc.message)  # fmt: skip
+        return _result(request.request_id, request.op, server, exc, attempts, errors, mode), None
+    finally:
+        keeper.stop()
 
 
-def _attempt(adapter: Adapter, request: Any, attempts: dict[str, int], started: float) -> Answer:
-    """Try the operation on one server within its attempt budget.
+def _choose(request: _Request, entries: dict[str, ServerEntry], tried: list[str], context: Context) -> str | None:
+    """Which server this run talks to: decided now, with the health every worker shares."""
+    if isinstance(request, CallRequest):
+        return next_server(entries, request.server, tried, context.health)
+    if tried:
+        return None
+    if isinstance(request, HangupRequest):
+        carrier = context.ledger.call_server(request.call_id)
+        if carrier and carrier in entries and carrier in pool_order(entries, request.server):
+            return carrier  # the server that really carries the call, whichever pool member was named
+    return request.server
 
-    Only failures where the server did nothing are retried for `call` (unreachable, overloaded):
-    an ambiguous originate is final, so a call is never placed twice. `test` and `hangup` are
-    idempotent and also retry after an ambiguous failure.
-    """
+
+def _fails_over(request: _Request, exc: BusError) -> bool:
+    """Only a call moves to another server, and only when this one provably did nothing."""
+    return isinstance(request, CallRequest) and (exc.outcome.transient or exc.outcome is Outcome.AUTH)
+
+
+def _attempt(
+    adapter: Adapter, request: _Request, attempts: dict[str, int], deadline: float, context: Context
+) -> Answer:
+    """Try the operation on one server within its attempt budget, feeding its breaker."""
+    name = adapter.name
     budget = max(1, int(adapter.option_float("attempts")))
-    deadline = started + request.timeout
+    threshold = max(1, int(adapter.option_float("breaker_threshold")))
+    cooldown = adapter.option_float("breaker_cooldown")
     for attempt in range(budget):
-        attempts[adapter.name] = attempt + 1
+        attempts[name] = attempts.get(name, 0) + 1
         try:
-            return _perform(adapter, request, deadline)
+            return _perform(adapter, request, deadline, context)
         except BusError as exc:
             retryable = exc.outcome.transient or (
                 exc.outcome is Outcome.AMBIGUOUS and not isinstance(request, CallRequest)
             )
+            if exc.outcome in _UNHEALTHY:
+                auth = exc.outcome is Outcome.AUTH
+                context.health.failure(name, exc.message, threshold, cooldown, force_open=auth)
             wait = backoff.delay(attempt, getattr(exc, "retry_after", None))
             if not retryable or attempt + 1 >= budget or time.monotonic() + wait >= deadline:
                 raise
-            log.info(
-                "job.retry",
-                server=adapter.name,
-                attempt=attempt + 1,
-                outcome=exc.outcome.value,
-                wait_ms=round(wait * 1000, 1),
-            )
+            log.info("job.retry", server=name, attempt=attempt + 1, outcome=exc.outcome.value,
+                     wait_ms=round(wait * 1000, 1))  # fmt: skip
             time.sleep(wait)
     raise AssertionError("unreachable: the loop returns or raises")
 
 
-def _perform(adapter: Adapter, request: Any, deadline: float) -> Answer:
+def _perform(adapter: Adapter, request: _Request, deadline: float, context: Context) -> Answer:
     if isinstance(request, TestRequest):
-        return adapter.test()
+        return with_sip_reachability(adapter, adapter.test())
     if isinstance(request, CallRequest):
         adapter.check_extras(request.extras, adapter.call_extras, "call")
-        return adapter.call(request.from_, request.to, request.until, dict(request.extras), deadline)
+        holder = context.ledger.claim_send(request.request_id, adapter.name)
+        if holder is not None:
+            raise OutcomeUnknown(
+                f"request {request.request_id} was already sent to {holder} by an earlier run (a worker stopped "
+                f"mid-call?); it is not sent again: check {holder} for the call",
+                server=holder,
+            )
+        try:
+            return adapter.call(request.from_, request.to, request.until, dict(request.extras), deadline)
+        except BusError as exc:
+            if exc.outcome.transient or exc.outcome is Outcome.AUTH:
+                context.ledger.release_send(request.request_id)  # refused, nothing placed: sending again is safe
+            raise
     if isinstance(request, HangupRequest):
         adapter.check_extras(request.extras, adapter.hangup_extras, "hangup")
         return adapter.hangup(request.call_id, dict(request.extras))
     raise InvalidInput(f"unknown operation {request!r}")
+
+
+def _exhausted(request: _Request, attempts: dict[str, int], errors: dict[str, str], mode: str) -> dict[str, Any]:
+    last = next(reversed(errors), request.server)
+    exc = InvalidInput(f"no server of {request.server}'s pool left to try")
+    return _result(request.request_id, request.op, last, exc, attempts, errors, mode)
+
+
+def _deadline(request: _Request) -> float:
+    """The caller's deadline as a time.monotonic() value, across hops and hosts."""
+    remaining = request.timeout
+    if request.submitted_at is not None:
+        remaining = request.submitted_at + request.timeout - time.time()
+    return time.monotonic() + max(0.0, remaining)
+
+
+def _requeue(redis: Any, request: _Request) -> None:
+    """Put the job back on its vendor queue; the worker that takes it picks the next server."""
+    from rq import Queue
+    from rq.serializers import JSONSerializer
+
+    from bus.queues import JOB_FUNCTION, queue_name
+    from bus.registry import open_registry as registry
+
+    vendor_type = registry().get(request.server).type
+    hop = len(request.tried)
+    Queue(queue_name(vendor_type), connection=redis, serializer=JSONSerializer).enqueue(
+        JOB_FUNCTION,
+        request.model_dump(mode="json", by_alias=True),
+        job_id=f"{request.request_id}-hop{hop}",
+        job_timeout=int(request.timeout) + 30,
+        result_ttl=0,
+        failure_ttl=24 * 3600,
+    )
 
 
 def _adapter(name: str, entry: ServerEntry) -> Adapter:
@@ -144,8 +274,14 @@ def _adapter(name: str, entry: ServerEntry) -> Adapter:
     return adapter
 
 
-def _failure(
-    request_id: str, op: str, server: str, exc: BusError, attempts: dict[str, int], mode: str
+def _result(
+    request_id: str,
+    op: str,
+    server: str,
+    exc: BusError,
+    attempts: dict[str, int],
+    errors: dict[str, str],
+    mode: str,
 ) -> dict[str, Any]:
     message = exc.message
     if exc.outcome.transient and attempts:
@@ -153,7 +289,7 @@ def _failure(
     return JobResult(
         request_id=request_id or "invalid",
         op=op if op in ("test", "call", "hangup") else "test",
-        server=server,
+        server=str(exc.details.get("server") or server),
         outcome=exc.outcome,
         exit_code=exc.exit_code,
         message=message,
@@ -162,6 +298,7 @@ def _failure(
         reason=exc.details.get("reason"),
         data={k: v for k, v in exc.details.items() if k not in ("call_id", "sip_code", "reason", "server")},
         attempts=attempts,
+        errors=errors,
         mode=mode,
     ).model_dump(mode="json")
 

@@ -50,23 +50,37 @@ class BusWorker(SimpleWorker):
 
 
 def run_workers(
-    redis_url: str, types: list[str], concurrency: int = 1, burst: bool = False, log_level: str = "INFO"
+    redis_url: str,
+    types: list[str],
+    concurrency: int = 1,
+    burst: bool = False,
+    log_level: str = "INFO",
+    probe_interval: float = 2.0,
 ) -> None:
+    """Run the workers (this process, or a pool of N) with one prober of open servers beside them."""
+    from workers.prober import Prober
+
     connection = Redis.from_url(redis_url)
     queues = [queue_name(t) for t in types]
     log.info("worker.start", queues=queues, concurrency=concurrency, burst=burst)
-    if concurrency == 1:
-        worker = BusWorker(queues, connection=connection, serializer=JSONSerializer, job_class=BusJob)
-        worker.work(burst=burst, logging_level=log_level.upper(), with_scheduler=False)
-        return
-    from rq.worker_pool import WorkerPool
+    prober = Prober(Redis.from_url(redis_url), types, probe_interval)
+    if not burst and probe_interval > 0:
+        prober.start()
+    try:
+        if concurrency == 1:
+            worker = BusWorker(queues, connection=connection, serializer=JSONSerializer, job_class=BusJob)
+            worker.work(burst=burst, logging_level=log_level.upper(), with_scheduler=False)
+            return
+        from rq.worker_pool import WorkerPool
 
-    pool = WorkerPool(
-        queues,
-        connection=connection,
-        num_workers=concurrency,
-        worker_class=BusWorker,
-        serializer=JSONSerializer,
-        job_class=BusJob,
-    )
-    pool.start(burst=burst, logging_level=log_level.upper())
+        pool = WorkerPool(
+            queues,
+            connection=connection,
+            num_workers=concurrency,
+            worker_class=BusWorker,
+            serializer=JSONSerializer,
+            job_class=BusJob,
+        )
+        pool.start(burst=burst, logging_level=log_level.upper())
+    finally:
+        prober.stop()

@@ -58,7 +58,7 @@ def register(name: str, kam: Kamailio, token: str) -> None:
     result = ifbus(
         "add", "sip", name, "--type", "kamailio", "--auth", f"token={token}", "realm=127.0.0.1",
         "--port", str(kam.http_port), "--opt", f"fr_timer={FR_TIMER_MS / 1000:g}",
-        f"fr_inv_timer={FR_INV_TIMER_MS / 1000:g}", "--replace",
+        f"fr_inv_timer={FR_INV_TIMER_MS / 1000:g}", f"sip_port={kam.sip_port}", "--replace",
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
 
@@ -75,6 +75,21 @@ def test_test_reports_the_kamailio_version(mode: str) -> None:
     assert data["message"].startswith("kamailio 5.")
     assert data["data"]["version"].startswith("5.")
     assert data["mode"] == mode
+    sip = data["data"]["sip"]  # the SIP port, probed beside the management API
+    assert (sip["answered"], sip["code"], sip["detected"]) == (True, 200, "kamailio")
+    assert "warning" not in data["data"]
+
+
+def test_test_warns_when_the_sip_port_answers_as_another_type(kam: Kamailio) -> None:
+    from bus.server import ServerEntry
+    from workers.adapters.base import Answer
+    from workers.adapters.kamailio import KamailioAdapter
+    from workers.sip_check import with_sip_reachability
+
+    # Asterisk's AMI adapter arrives later; the SIP check is the same for every adapter.
+    entry = ServerEntry.build("asterisk", {}, "127.0.0.1", options={"sip_port": str(kam.sip_port)})
+    answer = with_sip_reachability(KamailioAdapter("notast", entry), Answer("AMI ok"))
+    assert answer.data["warning"] == "the SIP port answers as kamailio, but notast is registered as asterisk"
 
 
 def test_call_connects_shows_in_kamailio_and_hangup_sends_bye_to_both(mode: str, kam: Kamailio, ua) -> None:

@@ -298,15 +298,6 @@ def test_b_never_answers_is_408(kam: Kamailio, ua: UaFactory) -> None:
 # --------------------------------------------------------------------------
 
 
-def test_outbound_proxy_self_connects(kam: Kamailio, ua: UaFactory) -> None:
-    """The hold INVITE loops through the request route (record-routed, no
-    dlg_manage); the REFER may then overtake kamailio's ACK at A."""
-    a = ua("refer_uas.xml", "alice")
-    b = ua("answer_uas.xml", "bob")
-    _, call_id, dlg = connect(kam, a, b, op=kam.sip_uri)
-    hang_up(kam, call_id, dlg, a, b)
-
-
 def test_outbound_proxy_self_turns_unreachable_a_into_408(kam: Kamailio, ua: UaFactory) -> None:
     """With the loop, tm's timeout of the proxied leg is a real 408 reply
     (failure_route), written at fr_timer."""

@@ -21,7 +21,7 @@ from typing import Any
 
 import httpx
 
-from bus.errors import CallRejected, InvalidInput, NotFound, OutcomeUnknown
+from bus.errors import BusError, CallRejected, InvalidInput, NotFound, OutcomeUnknown
 from bus.sip import reason_phrase, sip_uri, with_uri_param
 from workers.adapters.base import Adapter, Answer
 from workers.http import make_client, send
@@ -70,7 +70,18 @@ class KamailioAdapter(Adapter):
                 f"Call requested on {self.name} (tracking id {track})",
                 data={"tracking_id": track, "from": a_uri, "to": b_uri},
             )
-        return self._follow(track, deadline)
+        try:
+            return self._follow(track, deadline)
+        except (CallRejected, OutcomeUnknown):
+            raise
+        except BusError as exc:
+            # The bridge request was accepted: whatever broke while watching it, a call may be
+            # ringing, so this must never look like "nothing happened" (which would be retried).
+            raise OutcomeUnknown(
+                f"{self.name} accepted the call (tracking id {track}) but following it failed: {exc.message}",
+                tracking_id=track,
+                server=self.name,
+            ) from None
 
     def hangup(self, call_id: str, extras: dict[str, str]) -> Answer:
         dialogs = [d for d in self._dialogs(call_id) if d.get("state") in CONFIRMED_STATES]

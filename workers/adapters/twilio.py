@@ -30,6 +30,7 @@ import httpx
 
 from bus.errors import BusError, CallRejected, InvalidInput, NotFound, OutcomeUnknown, Overloaded, Unreachable
 from bus.server import ServerEntry
+from bus.sip import E164_RE, reason_phrase, twilio_endpoint
 from bus.validate import check_value
 from workers.adapters.base import Adapter, Answer
 from workers.http import make_client, send
@@ -54,23 +55,24 @@ DEFAULT_POLL_INTERVAL = 1.0  # Twilio accounts start at 1 call/s and limit concu
 # lists between queued and ringing). Unknown values are treated as still pending, never as an outcome.
 PENDING = frozenset({"queued", "initiated", "ringing"})
 
-# A call that ended without being answered → the SIP final response a gateway would have sent.
+# A call that ended without being answered → the SIP final response a gateway would have sent
+# (reason phrases from bus.sip, the one home for SIP facts).
 # Sources: Twilio "What do the call statuses mean?" (help.twilio.com, support article 223132547);
 # RFC 3398 §7.2.4.1 Q.850→SIP as tabled in ../shared/vendors.md §8.1; RFC 3261 §9.1 / §21.4.25.
-STATUS_SIP: dict[str, tuple[int, str]] = {
+STATUS_SIP: dict[str, int] = {
     # "Twilio dialed the number and received a busy signal" = Q.850 17 USER_BUSY → 486 (RFC 3398).
-    "busy": (486, "Busy Here"),
+    "busy": 486,
     # "no one answered before the Timeout elapsed": the callee was alerted (it rang) = Q.850 19
     # NO_ANSWER → 480 (RFC 3398). Not 408: that is Q.850 18 NO_USER_RESPONSE (nothing alerted) and,
     # in SIP, a transaction timeout, which would read as a network fault rather than an unanswered phone.
-    "no-answer": (480, "Temporarily Unavailable"),
+    "no-answer": 480,
     # "canceled using the REST API" before it was answered: a CANCELed INVITE ends with 487 (RFC 3261 §9.1).
-    "canceled": (487, "Request Terminated"),
+    "canceled": 487,
     # "Twilio's carriers could not connect the call, most likely because the phone number was entered
     # incorrectly" → the unallocated / no-route causes (Q.850 1–3) → 404 (RFC 3398). Chosen over 500/503
     # because Twilio names a wrong number as the likely cause, and over 503 because a SIP 503 reads as
     # "overloaded, try again" in this project's outcome classes. The raw status stays in `twilio_status`.
-    "failed": (404, "Not Found"),
+    "failed": 404,
 }
 
 # Final statuses; `completed` means "answered, and has ended" (Twilio) and counts as answered.
@@ -79,55 +81,24 @@ ENDED = frozenset(STATUS_SIP) | {"completed"}
 # Twilio REST error codes on call create → the SIP response a gateway would have given. These are
 # refusals (HTTP 400: nothing was placed), final for the call: CallRejected, never retried or failed over.
 # Code meanings: ../shared/vendors.md §5.2 and https://www.twilio.com/docs/api/errors/<code>.
-CREATE_ERROR_SIP: dict[int, tuple[int, str]] = {
-    21200: (400, "Bad Request"),  # required parameter missing / invalid method or URL
-    21201: (484, "Address Incomplete"),  # no To number: the address to dial is missing
-    21210: (403, "Forbidden"),  # From is not a Twilio number or verified caller id: caller id refused
-    21211: (484, "Address Incomplete"),  # invalid To number = Q.850 28 INVALID_NUMBER_FORMAT → 484 (RFC 3398)
-    21212: (403, "Forbidden"),  # invalid From / caller id number: caller id refused
-    21213: (400, "Bad Request"),  # From is required: a malformed request
-    21215: (403, "Forbidden"),  # geo permissions forbid the destination = Q.850 57/55 barred → 403 (RFC 3398)
-    21217: (484, "Address Incomplete"),  # "phone number does not appear to be valid": as 21211
+CREATE_ERROR_SIP: dict[int, int] = {
+    21200: 400,  # required parameter missing / invalid method or URL
+    21201: 484,  # no To number: the address to dial is missing
+    21210: 403,  # From is not a Twilio number or verified caller id: caller id refused
+    21211: 484,  # invalid To number = Q.850 28 INVALID_NUMBER_FORMAT → 484 (RFC 3398)
+    21212: 403,  # invalid From / caller id number: caller id refused
+    21213: 400,  # From is required: a malformed request
+    21215: 403,  # geo permissions forbid the destination = Q.850 57/55 barred → 403 (RFC 3398)
+    21217: 484,  # "phone number does not appear to be valid": as 21211
 }
 # 401/20003 (authenticate) and 403/20403 (no permission, suspended account) → AuthFailed.
 AUTH_CODES = frozenset({20003, 20403})
 NOT_FOUND_CODE = 20404
 INVALID_STATE_CODE = 21220  # update on a call that is no longer in a state that allows it
 
-_SEPARATORS = re.compile(r"[\s().-]")
-_E164 = re.compile(r"\+[1-9][0-9]{1,14}")
-_INTERNATIONAL = re.compile(r"00([1-9][0-9]{7,14})")
-_IDENTITY_PREFIXES = ("client:", "sip:", "sim:")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
-
-
-def twilio_endpoint(value: str, role: str) -> str:
-    """A `to`/`from` word in a form Twilio accepts, changed as little as possible.
-
-    - `client:…`, `sip:…`, `sim:…` identities pass unchanged.
-    - `+` numbers lose visual separators (spaces, dots, dashes, parentheses) and must then be E.164:
-      `+`, a country code not starting with 0, at most 15 digits; otherwise InvalidInput.
-    - `00` followed by 8–15 digits (the ITU international prefix) becomes `+…`: clearly E.164.
-    - Everything else (bare digits, short codes) passes unchanged and Twilio decides: a bare digit
-      string is not clearly E.164 (11 digits may be `1 415…` or a Chinese mobile `138…`), so no `+`
-      is guessed; Twilio refuses what it cannot read with 21211/21217 (→ SIP 484).
-    """
-    check_value(role, value)
-    lowered = value.lower()
-    if lowered.startswith(_IDENTITY_PREFIXES):
-        return value
-    compact = _SEPARATORS.sub("", value)
-    if compact.startswith("+"):
-        if not _E164.fullmatch(compact):
-            raise InvalidInput(
-                f"{role}={_show(value)}: not an E.164 number; expected + then country code and number, "
-                "at most 15 digits (e.g. +14155550100), or client:name / sip:user@host"
-            )
-        return compact
-    international = _INTERNATIONAL.fullmatch(compact)
-    if international:
-        return "+" + international.group(1)
-    return value
+# Number forms live in bus.sip (one home for SIP facts); the E.164 pattern is re-exported for tests.
+_E164 = E164_RE
 
 
 class TwilioAdapter(Adapter):
@@ -266,8 +237,8 @@ class TwilioAdapter(Adapter):
         if status == "completed":
             return Answer(f"Call {call_sid} answered (already ended)", call_id=call_sid, data={"status": status})
         if status in STATUS_SIP:
-            code, reason = STATUS_SIP[status]
-            raise CallRejected(code, reason, call_id=call_sid, server=self.name, twilio_status=status)
+            code = STATUS_SIP[status]
+            raise CallRejected(code, reason_phrase(code), call_id=call_sid, server=self.name, twilio_status=status)
         return None
 
     def _still_pending(self, call_sid: str, status: str, last_error: str | None) -> OutcomeUnknown:
@@ -337,8 +308,8 @@ class TwilioAdapter(Adapter):
         if http_status == 401 or code in AUTH_CODES:
             return self.auth_failed(f"{message} ({what})")
         if op == "create" and code in CREATE_ERROR_SIP:
-            sip_code, reason = CREATE_ERROR_SIP[code]
-            return CallRejected(sip_code, reason, twilio_message=message, **details)
+            sip_code = CREATE_ERROR_SIP[code]
+            return CallRejected(sip_code, reason_phrase(sip_code), twilio_message=message, **details)
         if http_status >= 500 or http_status < 400:
             if op == "create":
                 return OutcomeUnknown(

@@ -1,0 +1,209 @@
+"""What the bus remembers about each request, so that no call is ever placed twice.
+
+Redis keys (all expire; `window` = DEDUP_SECONDS):
+
+- `ifbus:request:<id>`: set NX by the producer, so a re-submitted request id is not enqueued again.
+- `ifbus:result:<id>`: the final JobResult JSON, for late and duplicate waiters.
+- `ifbus:waiters:<id>`: reply keys of duplicate submitters.
+- `ifbus:sent:<id>`: the server an originate went to; set NX right before sending, cleared only
+  when that server provably did nothing (unreachable, overloaded).
+- `ifbus:lease:<id>`: the server a live worker is on; refreshed every second, so a waiting caller
+  notices a killed worker within LEASE_SECONDS.
+- `ifbus:call:<call_id>`: the server that carries a call, for `hangup`.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Callable
+from typing import Any, ClassVar, Protocol
+
+DEDUP_SECONDS = 3600
+CALL_SECONDS = 24 * 3600
+LEASE_SECONDS = 3.0
+LEASE_REFRESH_SECONDS = 1.0
+REQUEUED = "requeued"
+
+
+class Ledger(Protocol):
+    def claim_request(self, request_id: str) -> bool: ...
+
+    def result(self, request_id: str) -> dict[str, Any] | None: ...
+
+    def add_waiter(self, request_id: str, reply_key: str) -> None: ...
+
+    def finish(
+        self, request_id: str, result: dict[str, Any], reply_key: str | None, also: Callable[[Any], None] | None = None
+    ) -> None:
+        """Store and deliver the one result; `also(pipe)` adds commands to the same round trip."""
+
+    def claim_send(self, request_id: str, server: str) -> str | None:
+        """Claim the right to send this originate; None if claimed, else who sent it before."""
+
+    def release_send(self, request_id: str) -> None: ...
+
+    def lease(self, request_id: str, value: str, seconds: float = LEASE_SECONDS, refresh: bool = False) -> None:
+        """Set the lease (or, with refresh, extend it only if it still exists)."""
+
+    def remember_call(self, call_id: str, server: str) -> None: ...
+
+    def call_server(self, call_id: str) -> str | None: ...
+
+
+class RedisLedger:
+    def __init__(self, redis: Any) -> None:
+        self.redis = redis
+
+    def claim_request(self, request_id: str) -> bool:
+        return bool(self.redis.set(f"ifbus:request:{request_id}", time.time(), nx=True, ex=DEDUP_SECONDS))
+
+    def forget_request(self, request_id: str) -> None:
+        self.redis.delete(f"ifbus:request:{request_id}")
+
+    def result(self, request_id: str) -> dict[str, Any] | None:
+        raw = self.redis.get(f"ifbus:result:{request_id}")
+        return json.loads(raw) if raw else None
+
+    def add_waiter(self, request_id: str, reply_key: str) -> None:
+        pipe = self.redis.pipeline()
+        pipe.sadd(f"ifbus:waiters:{request_id}", reply_key)
+        pipe.expire(f"ifbus:waiters:{request_id}", DEDUP_SECONDS)
+        pipe.execute()
+
+    def finish(
+        self, request_id: str, result: dict[str, Any], reply_key: str | None, also: Callable[[Any], None] | None = None
+    ) -> None:
+        """Store the result, wake the waiters, drop the lease: in that order, in one transaction, so
+        a caller that finds the lease gone always finds the answer already there, and a duplicate
+        submitter that registers after this sees the stored result."""
+        from bus.queues import REPLY_TTL_SECONDS
+
+        body = json.dumps(result)
+        pipe = self.redis.pipeline()
+        if also is not None:
+            also(pipe)
+        pipe.set(f"ifbus:result:{request_id}", body, ex=DEDUP_SECONDS)
+        pipe.smembers(f"ifbus:waiters:{request_id}")
+        if reply_key:
+            pipe.lpush(reply_key, body)
+            pipe.expire(reply_key, REPLY_TTL_SECONDS)
+        pipe.delete(f"ifbus:lease:{request_id}")
+        waiters = {k.decode() for k in pipe.execute()[-4 if reply_key else -2]} - {reply_key}
+        if waiters:
+            pipe = self.redis.pipeline()
+            for key in waiters:
+                pipe.lpush(key, body)
+                pipe.expire(key, REPLY_TTL_SECONDS)
+            pipe.execute()
+
+    def claim_send(self, request_id: str, server: str) -> str | None:
+        key = f"ifbus:sent:{request_id}"
+        if self.redis.set(key, server, nx=True, ex=DEDUP_SECONDS):
+            return None
+        holder = self.redis.get(key)
+        return holder.decode() if holder else "another worker"
+
+    def release_send(self, request_id: str) -> None:
+        self.redis.delete(f"ifbus:sent:{request_id}")
+
+    def lease(self, request_id: str, value: str, seconds: float = LEASE_SECONDS, refresh: bool = False) -> None:
+        self.redis.set(f"ifbus:lease:{request_id}", value, px=max(1, int(seconds * 1000)), xx=refresh)
+
+    def read_lease(self, request_id: str) -> str | None:
+        raw = self.redis.get(f"ifbus:lease:{request_id}")
+        return raw.decode() if raw else None
+
+    def remember_call(self, call_id: str, server: str) -> None:
+        self.redis.set(f"ifbus:call:{call_id}", server, ex=CALL_SECONDS)
+
+    def call_server(self, call_id: str) -> str | None:
+        raw = self.redis.get(f"ifbus:call:{call_id}")
+        return raw.decode() if raw else None
+
+
+class MemoryLedger:
+    """Embedded mode: one process, one request at a time; nothing to share, little to remember."""
+
+    def __init__(self) -> None:
+        self._sent: dict[str, str] = {}
+        self._calls: dict[str, str] = {}
+
+    def claim_request(self, request_id: str) -> bool:
+        return True
+
+    def result(self, request_id: str) -> dict[str, Any] | None:
+        return None
+
+    def add_waiter(self, request_id: str, reply_key: str) -> None:
+        return None
+
+    def finish(
+        self, request_id: str, result: dict[str, Any], reply_key: str | None, also: Callable[[Any], None] | None = None
+    ) -> None:
+        if also is not None:
+            also(None)
+
+    def claim_send(self, request_id: str, server: str) -> str | None:
+        if request_id in self._sent:
+            return self._sent[request_id]
+        self._sent[request_id] = server
+        return None
+
+    def release_send(self, request_id: str) -> None:
+        self._sent.pop(request_id, None)
+
+    def lease(self, request_id: str, value: str, seconds: float = LEASE_SECONDS, refresh: bool = False) -> None:
+        return None
+
+    def remember_call(self, call_id: str, server: str) -> None:
+        self._calls[call_id] = server
+
+    def call_server(self, call_id: str) -> str | None:
+        return self._calls.get(call_id)
+
+
+class LeaseKeeper:
+    """Keeps the leases of the requests this process is working on alive.
+
+    One daemon thread per process refreshes them all every LEASE_REFRESH_SECONDS (the job itself
+    may block for seconds in a socket), so a lease vanishes within LEASE_SECONDS of the worker
+    dying, and a job pays one SET to take its lease, not a thread.
+    """
+
+    _lock: ClassVar[threading.Lock] = threading.Lock()
+    _held: ClassVar[dict[str, tuple[Ledger, str]]] = {}
+    _thread: ClassVar[threading.Thread | None] = None
+
+    def __init__(self, ledger: Ledger, request_id: str) -> None:
+        self.ledger = ledger
+        self.request_id = request_id
+        self.server = ""
+
+    def hold(self, server: str) -> None:
+        """Lease the request to `server` now, and keep it leased until stop()."""
+        self.server = server
+        self.ledger.lease(self.request_id, server)
+        with self._lock:
+            LeaseKeeper._held[self.request_id] = (self.ledger, server)
+            if LeaseKeeper._thread is None or not LeaseKeeper._thread.is_alive():
+                LeaseKeeper._thread = threading.Thread(target=LeaseKeeper._refresh, name="ifbus-leases", daemon=True)
+                LeaseKeeper._thread.start()
+
+    def stop(self) -> None:
+        with self._lock:
+            LeaseKeeper._held.pop(self.request_id, None)
+
+    @classmethod
+    def _refresh(cls) -> None:
+        while True:
+            time.sleep(LEASE_REFRESH_SECONDS)
+            # Under the lock, so once stop() returns no refresh of that request is in flight; and
+            # only an existing lease is refreshed, so a finished request's lease never comes back.
+            with cls._lock:
+                for request_id, (ledger, server) in list(cls._held.items()):
+                    try:
+                        ledger.lease(request_id, server, refresh=True)
+                    except Exception:  # a lost refresh only shortens the lease
+                        continue
