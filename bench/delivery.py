@@ -212,7 +212,7 @@ def main() -> None:
         ifbus = str(BIN / "ifbus")
         for name, port in (("peer", kamailio.http_port), ("down", closed_port()), ("up", kamailio.http_port)):
             subprocess.run([ifbus, "add", "sip", name, "--type", "kamailio", "--auth", "token=bench", "--host",
-                            "127.0.0.1", "--port", str(port), "--opt", "fr_timer=1"]
+                            "127.0.0.1", "--port", str(port), "--opt", "fr_timer=1", f"sip_port={kamailio.sip_port}"]
                            + (["--pool", "refuse"] if name in ("down", "up") else []),
                            check=True, stdout=subprocess.DEVNULL, env=env)  # fmt: skip
         try:
@@ -228,12 +228,11 @@ def main() -> None:
             stop(bus_w + rq_w)
             print(f"\n1. round trip over {options.n} requests (ms)")
             print(f"{'':44} {'p50':>8} {'p99':>8}")
-            print(
-                f"{'bus: producer → worker → peer → answer':44} {statistics.median(bus_rt):8.2f} {pct(bus_rt, 0.99):8.2f}"
-            )
-            print(
-                f"{'plain RQ: enqueue → no-op → latest_result':44} {statistics.median(rq_rt):8.2f} {pct(rq_rt, 0.99):8.2f}"
-            )
+            for label, values in (
+                ("bus: producer → worker → peer → answer", bus_rt),
+                ("plain RQ: enqueue → no-op → latest_result", rq_rt),
+            ):
+                print(f"{label:44} {statistics.median(values):8.2f} {pct(values, 0.99):8.2f}")
             ratio = statistics.median(bus_rt) / statistics.median(rq_rt)
             print(f"{'p50 ratio bus / plain RQ (target ≤ 1.0)':44} {ratio:8.2f}")
 

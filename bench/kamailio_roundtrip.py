@@ -60,7 +60,7 @@ def main() -> None:
             ifbus = str(Path(sys.executable).parent / "ifbus")
             subprocess.run(
                 [ifbus, "add", "sip", "kam", "--type", "kamailio", "--auth", f"token={TOKEN}", "realm=127.0.0.1",
-                 "--port", str(kam.http_port), "--opt", "fr_timer=2", "fr_inv_timer=5"],
+                 "--port", str(kam.http_port), "--opt", "fr_timer=2", "fr_inv_timer=5", f"sip_port={kam.sip_port}"],
                 check=True, stdout=subprocess.DEVNULL,
             )  # fmt: skip
             samples: dict[str, list[float]] = {}
