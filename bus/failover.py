@@ -7,7 +7,7 @@ health changes made meanwhile by other workers count.
 
 from __future__ import annotations
 
-from bus.health import HealthStore
+from bus.health import OPEN, HealthStore, effective
 from bus.server import ServerEntry
 
 
@@ -31,3 +31,15 @@ def next_server(entries: dict[str, ServerEntry], named: str, tried: list[str], h
         if health.allow(name, float(entries[name].effective_options["breaker_cooldown"])):
             return name
     return named if not tried else None
+
+
+def candidates_left(entries: dict[str, ServerEntry], named: str, tried: list[str], health: HealthStore) -> bool:
+    """Whether an untried server of the pool may take the job: a peek that, unlike `next_server`,
+    never takes a half-open trial (the worker that picks the re-queued job takes it)."""
+    for name in pool_order(entries, named):
+        if name in tried:
+            continue
+        cooldown = float(entries[name].effective_options["breaker_cooldown"])
+        if effective(health.get(name), cooldown) != OPEN:
+            return True
+    return False

@@ -58,29 +58,13 @@ class RedisHealth:
         return f"ifbus:health:{server}"
 
     def get(self, server: str) -> Health:
-        raw = self.redis.hgetall(self.key(server))
-        if not raw:
-            return Health()
-        text = {k.decode(): v.decode() for k, v in raw.items()}
-        return Health(
-            state=text.get("state", CLOSED),
-            failures=int(text.get("failures", 0)),
-            opened_at=float(text.get("opened_at", 0)),
-            reason=text.get("reason", ""),
-        )
+        return _parse(self.redis.hgetall(self.key(server)))
 
     def get_many(self, servers: list[str]) -> dict[str, Health]:
         pipe = self.redis.pipeline(transaction=False)
         for server in servers:
             pipe.hgetall(self.key(server))
-        out = {}
-        for server, raw in zip(servers, pipe.execute(), strict=True):
-            text = {k.decode(): v.decode() for k, v in raw.items()}
-            out[server] = Health(
-                text.get("state", CLOSED), int(text.get("failures", 0)), float(text.get("opened_at", 0)),
-                text.get("reason", ""),
-            )  # fmt: skip
-        return out
+        return {server: _parse(raw) for server, raw in zip(servers, pipe.execute(), strict=True)}
 
     def allow(self, server: str, cooldown: float) -> bool:
         health = self.get(server)
@@ -110,6 +94,16 @@ class RedisHealth:
         else:
             self.redis.hset(key, "reason", reason[:300])
         return self.get(server)
+
+
+def _parse(raw: dict[bytes, bytes]) -> Health:
+    text = {k.decode(): v.decode() for k, v in raw.items()}
+    return Health(
+        state=text.get("state", CLOSED),
+        failures=int(text.get("failures", 0)),
+        opened_at=float(text.get("opened_at", 0)),
+        reason=text.get("reason", ""),
+    )
 
 
 class MemoryHealth:

@@ -55,6 +55,7 @@ class _Request(BaseModel):
     tried: list[ServerName] = Field(default_factory=list, description="servers already given up on")
     attempts: dict[ServerName, int] = Field(default_factory=dict, description="attempts made on each server")
     errors: dict[ServerName, str] = Field(default_factory=dict, description="last error on each server tried")
+    last_outcome: Outcome | None = Field(default=None, description="class of the last failure, for the final answer")
 
 
 class TestRequest(_Request):

@@ -43,6 +43,16 @@ def queue_mode(redis_url: str, monkeypatch: pytest.MonkeyPatch) -> str:
     return redis_url
 
 
+def redis_answers(url: str) -> bool:
+    """Whether a Redis answers at `url` (for tests that start and stop their own redis-server)."""
+    from redis import Redis
+
+    try:
+        return bool(Redis.from_url(url).ping())
+    except Exception:
+        return False
+
+
 class WorkerProcess:
     """A real `ifbus worker` process, stopped with SIGTERM like an operator would."""
 

@@ -250,3 +250,17 @@ def test_concurrent_duplicates_share_one_call(start_worker, queue_mode: str) -> 
     assert {code for code, _ in results} == {5}  # one verdict (501: A ignored the REFER), told three times
     assert len({json.dumps(data, sort_keys=True) for _, data in results}) == 1
     assert kam.methods("dlg.bridge_dlg") == ["dlg.bridge_dlg"]
+
+
+def test_checking_for_another_server_does_not_take_its_half_open_trial(redis_url: str) -> None:
+    from bus.failover import candidates_left, next_server
+
+    health = RedisHealth(Redis.from_url(redis_url))
+    entries = {"a": ServerEntry.build("kamailio", {}), "b": ServerEntry.build("kamailio", {}, options={
+        "breaker_cooldown": "0.1"})}  # fmt: skip
+    health.failure("b", "down", threshold=1, cooldown=0.1)
+    time.sleep(0.15)
+    assert candidates_left(entries, "a", ["a"], health)  # b's cool-down is over: worth a re-queue
+    assert candidates_left(entries, "a", ["a"], health)  # ...and asking again changes nothing
+    assert next_server(entries, "a", ["a"], health) == "b"  # the worker that runs the job gets the trial
+    assert next_server(entries, "a", ["a"], health) is None  # one trial per cool-down

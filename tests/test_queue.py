@@ -10,13 +10,12 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 from redis import Redis
-from redis.exceptions import RedisError
 from rq import Queue
 from rq.job import JobStatus
 from rq.serializers import JSONSerializer
 
 from producer.cli import cli
-from tests.conftest import BIN
+from tests.conftest import BIN, redis_answers
 from tests.lab import wait_for
 
 
@@ -157,7 +156,7 @@ def test_redis_gone_for_good_while_a_caller_waits_is_outcome_unknown(
         url = f"redis://127.0.0.1:{port}/0"
         from tests.lab import wait_for
 
-        assert wait_for(lambda: _answers(url), 10)
+        assert wait_for(lambda: redis_answers(url), 10)
         monkeypatch.setenv("IFBUS_MODE", "queue")
         monkeypatch.setenv("IFBUS_REDIS_URL", url)
         # Nobody consumes the queue, so the caller sits in BLPOP; pretend a worker is registered.
@@ -169,10 +168,3 @@ def test_redis_gone_for_good_while_a_caller_waits_is_outcome_unknown(
     finally:
         server.kill()
         server.wait()
-
-
-def _answers(url: str) -> bool:
-    try:
-        return bool(Redis.from_url(url).ping())
-    except (OSError, RedisError):
-        return False

@@ -23,7 +23,7 @@ from pydantic import ValidationError
 
 from bus import backoff
 from bus.errors import BusError, InvalidInput, NotFound, Outcome, OutcomeUnknown
-from bus.failover import next_server, pool_order
+from bus.failover import candidates_left, next_server, pool_order
 from bus.health import CLOSED, HealthStore, MemoryHealth
 from bus.ledger import REQUEUED, LeaseKeeper, Ledger, MemoryLedger
 from bus.logging import get_logger
@@ -104,6 +104,7 @@ def _serve(request: _Request, context: Context, mode: str) -> tuple[dict[str, An
     """The request's one result and the server that just proved healthy (its breaker is closed in
     the same round trip that delivers the result), or None when it was re-queued."""
     attempts, errors, tried = dict(request.attempts), dict(request.errors), list(request.tried)
+    last = request.last_outcome
     deadline = _deadline(request)
     keeper = LeaseKeeper(context.ledger, request.request_id)
     server = request.server
@@ -113,8 +114,8 @@ def _serve(request: _Request, context: Context, mode: str) -> tuple[dict[str, An
             raise NotFound(f"Not found: {request.server}")
         while True:
             server = _choose(request, entries, tried, context)
-            if server is None:
-                return _exhausted(request, attempts, errors, mode), None
+            if server is None:  # another worker took the last half-open trial meanwhile
+                return _exhausted(request, attempts, errors, last or Outcome.UNREACHABLE, mode), None
             keeper.hold(server)
             try:
                 answer = _attempt(_adapter(server, entries[server]), request, attempts, deadline, context)
@@ -123,13 +124,15 @@ def _serve(request: _Request, context: Context, mode: str) -> tuple[dict[str, An
                     raise
                 tried.append(server)
                 errors[server] = exc.message
-                if next_server(entries, request.server, tried, context.health) is None:
+                last = exc.outcome
+                if not candidates_left(entries, request.server, tried, context.health):
                     raise
                 log.info("job.failover", request_id=request.request_id, server=server, outcome=exc.outcome.value)
                 if context.requeue is not None:
                     keeper.stop()
                     context.ledger.lease(request.request_id, REQUEUED, max(1.0, deadline - time.monotonic()))
-                    context.requeue(request.model_copy(update={"tried": tried, "attempts": attempts, "errors": errors}))
+                    routing = {"tried": tried, "attempts": attempts, "errors": errors, "last_outcome": last}
+                    context.requeue(request.model_copy(update=routing))
                     return None
                 continue
             if isinstance(request, CallRequest) and answer.call_id:
@@ -229,10 +232,13 @@ def _perform(adapter: Adapter, request: _Request, deadline: float, context: Cont
     raise InvalidInput(f"unknown operation {request!r}")
 
 
-def _exhausted(request: _Request, attempts: dict[str, int], errors: dict[str, str], mode: str) -> dict[str, Any]:
-    last = next(reversed(errors), request.server)
-    exc = InvalidInput(f"no server of {request.server}'s pool left to try")
-    return _result(request.request_id, request.op, last, exc, attempts, errors, mode)
+def _exhausted(
+    request: _Request, attempts: dict[str, int], errors: dict[str, str], outcome: Outcome, mode: str
+) -> dict[str, Any]:
+    """The final answer when no server is left: the class of the last failure, every error named."""
+    exc = BusError("no server left to try: " + "; ".join(f"{name}: {why}" for name, why in errors.items()))
+    exc.outcome = outcome
+    return _result(request.request_id, request.op, next(reversed(errors), request.server), exc, attempts, errors, mode)
 
 
 def _deadline(request: _Request) -> float:

@@ -21,7 +21,7 @@ from rq import Queue
 from rq.serializers import JSONSerializer
 
 from bus.queues import JOB_FUNCTION
-from tests.conftest import BIN, WorkerProcess
+from tests.conftest import BIN, WorkerProcess, redis_answers
 from tests.faults import peer
 from tests.lab import Kamailio, SippUA, free_port, kamailio_available, sipp_available, wait_for
 
@@ -136,7 +136,7 @@ def test_a_redis_restart_while_the_caller_waits_still_delivers_the_answer(
     server = subprocess.Popen(redis_args, stdout=subprocess.DEVNULL)
     worker = None
     try:
-        assert wait_for(lambda: _answers(url), 10)
+        assert wait_for(lambda: redis_answers(url), 10)
         monkeypatch.setenv("IFBUS_MODE", "queue")
         monkeypatch.setenv("IFBUS_REDIS_URL", url)
         with peer(default="slow", delay=2.0) as slow:
@@ -160,10 +160,3 @@ def test_a_redis_restart_while_the_caller_waits_still_delivers_the_answer(
             worker.stop()
         server.kill()
         server.wait()
-
-
-def _answers(url: str) -> bool:
-    try:
-        return bool(Redis.from_url(url).ping())
-    except Exception:
-        return False
