@@ -40,7 +40,7 @@ def new_request_id() -> str:
     return uuid.uuid4().hex
 
 
-class _Request(BaseModel):
+class BaseRequest(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
     schema_version: Literal[1] = SCHEMA_VERSION
@@ -58,13 +58,13 @@ class _Request(BaseModel):
     last_outcome: Outcome | None = Field(default=None, description="class of the last failure, for the final answer")
 
 
-class TestRequest(_Request):
+class TestRequest(BaseRequest):
     """Check the management API answers and the credentials work."""
 
     op: Literal["test"] = "test"
 
 
-class CallRequest(_Request):
+class CallRequest(BaseRequest):
     """Place a click-to-call: ring `from`, connect it to `to`."""
 
     op: Literal["call"] = "call"
@@ -78,7 +78,7 @@ class CallRequest(_Request):
     extras: dict[Key, Word] = Field(default_factory=dict, description="vendor extras, e.g. twiml=, url=")
 
 
-class HangupRequest(_Request):
+class HangupRequest(BaseRequest):
     """End a call by the id `call` returned."""
 
     op: Literal["hangup"] = "hangup"
@@ -115,7 +115,7 @@ class JobResult(BaseModel):
         return self.outcome is Outcome.OK
 
 
-def parse_request(payload: Any) -> _Request:
+def parse_request(payload: Any) -> BaseRequest:
     return REQUEST_ADAPTER.validate_python(payload)
 
 

@@ -22,7 +22,7 @@ from redis import Redis
 from redis.exceptions import RedisError
 
 from bus.errors import OutcomeUnknown, Unreachable
-from bus.models import JobResult, _Request
+from bus.models import BaseRequest, JobResult
 from bus.queues import JOB_FUNCTION, queue_name, reply_key
 from bus.registry import Registry, open_registry
 from bus.settings import Settings
@@ -42,7 +42,7 @@ class Producer:
         self._redis: Redis | None = None  # one connection pool for every submit of this producer
         self._served: dict[str, float] = {}  # queue → until when a live worker was last seen (monotonic)
 
-    def submit(self, request: _Request, wait: bool = True) -> JobResult | str:
+    def submit(self, request: BaseRequest, wait: bool = True) -> JobResult | str:
         """Run or enqueue `request`; return its JobResult, or the job id when `wait` is False."""
         entry = self.registry.get(request.server)  # NotFound before anything is enqueued
         redis = self._connect()
@@ -76,13 +76,13 @@ class Producer:
         self._redis = redis
         return redis
 
-    def _run_inline(self, request: _Request) -> JobResult:
+    def _run_inline(self, request: BaseRequest) -> JobResult:
         from workers.jobs import execute  # the one seam between producer and workers
 
         payload = request.model_dump(mode="json", by_alias=True)
         return JobResult.model_validate(execute(payload, mode="inline"))
 
-    def _enqueue(self, redis: Redis, queue: str, request: _Request, wait: bool) -> JobResult | str:
+    def _enqueue(self, redis: Redis, queue: str, request: BaseRequest, wait: bool) -> JobResult | str:
         try:
             return self._enqueue_and_wait(redis, queue, request, wait)
         except (RedisError, OSError) as exc:
@@ -95,7 +95,7 @@ class Producer:
                 ) from None
             raise Unreachable(f"Redis failed before the job was queued: {exc}") from None
 
-    def _enqueue_and_wait(self, redis: Redis, queue: str, request: _Request, wait: bool) -> JobResult | str:
+    def _enqueue_and_wait(self, redis: Redis, queue: str, request: BaseRequest, wait: bool) -> JobResult | str:
         from rq import Queue, Worker
         from rq.serializers import JSONSerializer
 
@@ -132,7 +132,7 @@ class Producer:
             return rid
         return self._wait(redis, ledger, key, request, queue)
 
-    def _join(self, redis: Redis, ledger: Any, request: _Request, queue: str) -> JobResult:
+    def _join(self, redis: Redis, ledger: Any, request: BaseRequest, queue: str) -> JobResult:
         """Wait for a request someone already submitted: its stored result, or a waiter's reply key.
 
         The result is read again after registering, and the worker stores the result before it
@@ -146,7 +146,7 @@ class Producer:
             ledger.add_waiter(rid, key)
         return self._wait(redis, ledger, key, request, queue)
 
-    def _wait(self, redis: Redis, ledger: Any, key: str, request: _Request, queue: str) -> JobResult:
+    def _wait(self, redis: Redis, ledger: Any, key: str, request: BaseRequest, queue: str) -> JobResult:
         """Block on the reply key in slices; between slices read the request's lease.
 
         A worker refreshes the lease every second while it works, so a lease that vanished with no

@@ -27,7 +27,7 @@ from bus.failover import candidates_left, next_server, pool_order
 from bus.health import CLOSED, HealthStore, MemoryHealth
 from bus.ledger import REQUEUED, LeaseKeeper, Ledger, MemoryLedger
 from bus.logging import get_logger
-from bus.models import CallRequest, HangupRequest, JobResult, TestRequest, _Request, parse_request
+from bus.models import BaseRequest, CallRequest, HangupRequest, JobResult, TestRequest, parse_request
 from bus.registry import open_registry
 from bus.server import ServerEntry
 from workers.adapters import adapter_class
@@ -48,7 +48,7 @@ class Context:
 
     health: HealthStore
     ledger: Ledger
-    requeue: Callable[[_Request], None] | None = None  # None: fail over in this process
+    requeue: Callable[[BaseRequest], None] | None = None  # None: fail over in this process
 
 
 _inline: Context | None = None
@@ -75,8 +75,7 @@ def run(payload: dict[str, Any]) -> dict[str, Any]:
     assert job is not None, "workers.jobs.run runs inside an RQ job"
     redis = job.connection
     context = Context(RedisHealth(redis), RedisLedger(redis), requeue=lambda request: _requeue(redis, request))
-    result = execute(payload, mode="queue", context=context)
-    return result
+    return execute(payload, mode="queue", context=context)
 
 
 def execute(payload: Any, mode: str = "inline", context: Context | None = None) -> dict[str, Any]:
@@ -97,10 +96,10 @@ def execute(payload: Any, mode: str = "inline", context: Context | None = None) 
         close = (lambda pipe: context.health.success(healthy, pipe)) if healthy else None
         context.ledger.finish(request.request_id, result, request.reply_key, also=close)
         return result
-    return {"request_id": request.request_id, "requeued": True, "tried": None}
+    return {"request_id": request.request_id, "requeued": True}  # RQ's record of this hop; the caller waits on
 
 
-def _serve(request: _Request, context: Context, mode: str) -> tuple[dict[str, Any], str | None] | None:
+def _serve(request: BaseRequest, context: Context, mode: str) -> tuple[dict[str, Any], str | None] | None:
     """The request's one result and the server that just proved healthy (its breaker is closed in
     the same round trip that delivers the result), or None when it was re-queued."""
     attempts, errors, tried = dict(request.attempts), dict(request.errors), list(request.tried)
@@ -162,7 +161,7 @@ def _serve(request: _Request, context: Context, mode: str) -> tuple[dict[str, An
         keeper.stop()
 
 
-def _choose(request: _Request, entries: dict[str, ServerEntry], tried: list[str], context: Context) -> str | None:
+def _choose(request: BaseRequest, entries: dict[str, ServerEntry], tried: list[str], context: Context) -> str | None:
     """Which server this run talks to: decided now, with the health every worker shares."""
     if isinstance(request, CallRequest):
         return next_server(entries, request.server, tried, context.health)
@@ -175,13 +174,13 @@ def _choose(request: _Request, entries: dict[str, ServerEntry], tried: list[str]
     return request.server
 
 
-def _fails_over(request: _Request, exc: BusError) -> bool:
+def _fails_over(request: BaseRequest, exc: BusError) -> bool:
     """Only a call moves to another server, and only when this one provably did nothing."""
     return isinstance(request, CallRequest) and (exc.outcome.transient or exc.outcome is Outcome.AUTH)
 
 
 def _attempt(
-    adapter: Adapter, request: _Request, attempts: dict[str, int], deadline: float, context: Context
+    adapter: Adapter, request: BaseRequest, attempts: dict[str, int], deadline: float, context: Context
 ) -> Answer:
     """Try the operation on one server within its attempt budget, feeding its breaker."""
     name = adapter.name
@@ -208,7 +207,7 @@ def _attempt(
     raise AssertionError("unreachable: the loop returns or raises")
 
 
-def _perform(adapter: Adapter, request: _Request, deadline: float, context: Context) -> Answer:
+def _perform(adapter: Adapter, request: BaseRequest, deadline: float, context: Context) -> Answer:
     if isinstance(request, TestRequest):
         return with_sip_reachability(adapter, adapter.test())
     if isinstance(request, CallRequest):
@@ -233,7 +232,7 @@ def _perform(adapter: Adapter, request: _Request, deadline: float, context: Cont
 
 
 def _exhausted(
-    request: _Request, attempts: dict[str, int], errors: dict[str, str], outcome: Outcome, mode: str
+    request: BaseRequest, attempts: dict[str, int], errors: dict[str, str], outcome: Outcome, mode: str
 ) -> dict[str, Any]:
     """The final answer when no server is left: the class of the last failure, every error named."""
     exc = BusError("no server left to try: " + "; ".join(f"{name}: {why}" for name, why in errors.items()))
@@ -241,7 +240,7 @@ def _exhausted(
     return _result(request.request_id, request.op, next(reversed(errors), request.server), exc, attempts, errors, mode)
 
 
-def _deadline(request: _Request) -> float:
+def _deadline(request: BaseRequest) -> float:
     """The caller's deadline as a time.monotonic() value, across hops and hosts."""
     remaining = request.timeout
     if request.submitted_at is not None:
@@ -249,7 +248,7 @@ def _deadline(request: _Request) -> float:
     return time.monotonic() + max(0.0, remaining)
 
 
-def _requeue(redis: Any, request: _Request) -> None:
+def _requeue(redis: Any, request: BaseRequest) -> None:
     """Put the job back on its vendor queue; the worker that takes it picks the next server."""
     from rq import Queue
     from rq.serializers import JSONSerializer
