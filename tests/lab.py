@@ -35,7 +35,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import Any, Self, TypeVar
 
 import httpx
 
@@ -216,7 +216,34 @@ class RpcError(Exception):
 # --------------------------------------------------------------------------
 
 
-class Kamailio:
+class _LabProcess:
+    """What Kamailio and SippUA share: a child process, used as a context manager."""
+
+    _proc: subprocess.Popen[bytes] | None
+
+    def start(self) -> Self:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        raise NotImplementedError
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc else None
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
+class Kamailio(_LabProcess):
     """One kamailio instance running ``deploy/kamailio/kamailio.cfg`` on loopback.
 
     Command line (the same as the doc's run-lab.sh, with per-instance dirs)::
@@ -268,10 +295,6 @@ class Kamailio:
     def sip_uri(self) -> str:
         """``sip:127.0.0.1:<sip_port>`` (usable as an outbound proxy)."""
         return f"sip:127.0.0.1:{self.sip_port}"
-
-    @property
-    def pid(self) -> int | None:
-        return self._proc.pid if self._proc else None
 
     def command(self) -> list[str]:
         """The exact argv used to start kamailio."""
@@ -327,17 +350,6 @@ class Kamailio:
         if self._proc is not None:
             _terminate(self._proc)
             self._proc = None
-
-    def __enter__(self) -> Kamailio:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     # -- JSON-RPC -----------------------------------------------------------
 
@@ -406,7 +418,7 @@ class Kamailio:
 _REQUEST_LINE = re.compile(r"^([A-Z]+) \S+ SIP/2\.0$")
 
 
-class SippUA:
+class SippUA(_LabProcess):
     """One SIPp UAS on 127.0.0.1 running a scenario from ``tests/sipp/``.
 
     ``scenario`` is a file name in tests/sipp (``"refer_uas.xml"``) or a path.
@@ -450,10 +462,6 @@ class SippUA:
         """``sip:<name>@127.0.0.1:<port>``."""
         return f"sip:{self.name}@127.0.0.1:{self.port}"
 
-    @property
-    def pid(self) -> int | None:
-        return self._proc.pid if self._proc else None
-
     def command(self) -> list[str]:
         """The exact argv used to start sipp."""
         binary = sipp_binary()
@@ -496,17 +504,6 @@ class SippUA:
         if self._proc is not None:
             _terminate(self._proc)
             self._proc = None
-
-    def __enter__(self) -> SippUA:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     @staticmethod
     def _read(path: Path) -> str:
