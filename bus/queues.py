@@ -10,7 +10,7 @@ BLPOPs, so waiting costs no polling and no RQ result-stream round trips.
 
 from __future__ import annotations
 
-from bus.vendors import TYPES, vendor
+from bus.vendors import vendor
 
 JOB_FUNCTION = "workers.jobs.run"
 REPLY_TTL_SECONDS = 300
@@ -19,10 +19,6 @@ REPLY_TTL_SECONDS = 300
 def queue_name(type_: str) -> str:
     vendor(type_)
     return f"sip.{type_}"
-
-
-def all_queue_names() -> list[str]:
-    return [queue_name(t) for t in TYPES]
 
 
 def reply_key(request_id: str) -> str:

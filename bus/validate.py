@@ -18,7 +18,7 @@ MAX_VALUE = 1024
 def check_name(name: str) -> str:
     if not isinstance(name, str) or not NAME_RE.fullmatch(name):
         raise InvalidInput(
-            f"Invalid server name {_show(name)}: use 1-64 letters, digits, '.', '_' or '-', "
+            f"Invalid server name {show(name)}: use 1-64 letters, digits, '.', '_' or '-', "
             "starting with a letter or digit"
         )
     return name
@@ -26,7 +26,7 @@ def check_name(name: str) -> str:
 
 def check_key(key: str, what: str = "key") -> str:
     if not isinstance(key, str) or not KEY_RE.fullmatch(key):
-        raise InvalidInput(f"Invalid {what} {_show(key)}: use letters, digits and '_', starting with a letter")
+        raise InvalidInput(f"Invalid {what} {show(key)}: use letters, digits and '_', starting with a letter")
     return key
 
 
@@ -51,7 +51,7 @@ def parse_pairs(words: tuple[str, ...] | list[str], what: str) -> dict[str, str]
     for word in words:
         key, sep, value = word.partition("=")
         if not sep:
-            raise InvalidInput(f"Malformed {what} {_show(word)}: expected key=value")
+            raise InvalidInput(f"Malformed {what} {show(word)}: expected key=value")
         check_key(key, f"{what} key")
         if key in pairs:
             raise InvalidInput(f"Repeated {what} key {key!r}")
@@ -59,7 +59,7 @@ def parse_pairs(words: tuple[str, ...] | list[str], what: str) -> dict[str, str]
     return pairs
 
 
-def _show(value: object, limit: int = 40) -> str:
+def show(value: object, limit: int = 40) -> str:
     """A safe rendering of bad input for an error message: bounded, escaped."""
     text = repr(value)
     return text if len(text) <= limit else text[:limit] + "…'"

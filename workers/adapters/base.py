@@ -8,7 +8,6 @@ one place (workers.jobs) instead of seven.
 from __future__ import annotations
 
 import abc
-import time
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -87,7 +86,3 @@ class Adapter(abc.ABC):
             raise InvalidInput(
                 f"{op} on {self.type}: unknown key(s) {', '.join(unknown)} (accepted extras: {accepted})"
             )
-
-    @staticmethod
-    def remaining(deadline: float) -> float:
-        return max(0.0, deadline - time.monotonic())

@@ -31,7 +31,7 @@ import httpx
 from bus.errors import BusError, CallRejected, InvalidInput, NotFound, OutcomeUnknown, Overloaded, Unreachable
 from bus.server import ServerEntry
 from bus.sip import E164_RE, reason_phrase, twilio_endpoint
-from bus.validate import check_value
+from bus.validate import check_value, show
 from workers.adapters.base import Adapter, Answer
 from workers.http import make_client, send
 
@@ -334,7 +334,7 @@ class TwilioAdapter(Adapter):
         sid = self.require_auth("account_sid", "auth_token")["account_sid"]
         if not ACCOUNT_SID_RE.fullmatch(sid):
             raise InvalidInput(
-                f"{self.name}: --auth account_sid={_show(sid)} is not a Twilio Account SID: expected AC followed by "
+                f"{self.name}: --auth account_sid={show(sid)} is not a Twilio Account SID: expected AC followed by "
                 "32 hex digits (34 characters, as shown in the Twilio Console), e.g. account_sid=AC0123…cdef"
             )
         return sid
@@ -343,7 +343,7 @@ class TwilioAdapter(Adapter):
         check_value("call_id", call_id)
         if not CALL_SID_RE.fullmatch(call_id):
             raise InvalidInput(
-                f"call_id={_show(call_id)} is not a Twilio Call SID: expected CA followed by 32 hex digits "
+                f"call_id={show(call_id)} is not a Twilio Call SID: expected CA followed by 32 hex digits "
                 "(34 characters), as `call` returned it"
             )
         return call_id
@@ -356,12 +356,12 @@ class TwilioAdapter(Adapter):
             check_value("url", url)
             parts = urlsplit(url)
             if parts.scheme not in ("http", "https") or not parts.netloc:
-                raise InvalidInput(f"url={_show(url)}: expected an absolute http(s) URL that returns TwiML")
+                raise InvalidInput(f"url={show(url)}: expected an absolute http(s) URL that returns TwiML")
             return {"Url": url}
         twiml = twiml if twiml is not None else self.options.get("twiml") or DEFAULT_TWIML
         check_value("twiml", twiml, TWIML_MAX)
         if not TWIML_RE.match(twiml):
-            raise InvalidInput(f"twiml={_show(twiml)}: expected TwiML, e.g. <Response><Say>Hello</Say></Response>")
+            raise InvalidInput(f"twiml={show(twiml)}: expected TwiML, e.g. <Response><Say>Hello</Say></Response>")
         return {"Twiml": twiml}
 
     def _positive(self, key: str, default: float | None) -> float:
@@ -377,10 +377,10 @@ class TwilioAdapter(Adapter):
         url = self.options.get("base_url") or "https://api.twilio.com"
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname or parts.query or parts.fragment or "@" in url:
-            raise InvalidInput(f"{self.name}: option base_url={_show(url)}: expected e.g. https://api.twilio.com")
+            raise InvalidInput(f"{self.name}: option base_url={show(url)}: expected e.g. https://api.twilio.com")
         if parts.scheme == "http" and not _loopback(parts.hostname):
             raise InvalidInput(
-                f"{self.name}: option base_url={_show(url)}: plain http would send the auth token in clear; "
+                f"{self.name}: option base_url={show(url)}: plain http would send the auth token in clear; "
                 "use https:// (http is accepted only for 127.0.0.1, ::1 and localhost)"
             )
         return url.rstrip("/")
@@ -420,8 +420,3 @@ def _loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
-
-
-def _show(value: str, limit: int = 40) -> str:
-    text = repr(value)
-    return text if len(text) <= limit else text[:limit] + "…'"
