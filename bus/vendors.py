@@ -61,7 +61,16 @@ VENDORS: Mapping[str, Vendor] = MappingProxyType(
         v.type: v
         for v in (
             Vendor("asterisk", "Asterisk (AMI)", "pbx", ("user", "secret"), ("secret",), 5038),
-            Vendor("freeswitch", "FreeSWITCH (ESL)", "pbx", ("apikey", "domain"), ("apikey",), 8021),
+            Vendor(
+                "freeswitch",
+                "FreeSWITCH (ESL)",
+                "pbx",
+                ("apikey", "domain"),
+                ("apikey",),
+                8021,
+                # FreeSWITCH's own originate default is 60 s; profile/context are the vanilla config's names.
+                extra_options={"profile": "internal", "context": "default", "originate_timeout": "60"},
+            ),
             Vendor(
                 "kamailio",
                 "Kamailio (JSON-RPC)",

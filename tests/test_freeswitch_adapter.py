@@ -1,0 +1,197 @@
+"""FreeSWITCH adapter against tests/peers/esl.py, which replays the real FreeSWITCH 1.10.12 captures in
+../shared/transcripts/freeswitch-1.10.12/ (writes split into small pieces, another call's event
+interleaved). Each test names the capture it replays.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from bus.errors import AuthFailed, CallRejected, InvalidInput, OutcomeUnknown, Unreachable
+from bus.server import ServerEntry
+from tests.peers.esl import EslPeer
+from workers.adapters import adapter_class
+from workers.adapters.freeswitch import FreeSwitchAdapter
+
+SIPP = "sofia/internal/sipp@127.0.0.1"
+
+
+@pytest.fixture
+def peer() -> Iterator[EslPeer]:
+    with EslPeer(password="labpass") as p:
+        yield p
+
+
+def make(peer: EslPeer, password: str = "labpass", **options: str) -> FreeSwitchAdapter:
+    entry = ServerEntry.build(
+        "freeswitch", {"apikey": password, "domain": "lab.test"}, host="127.0.0.1", port=peer.port, options=options
+    )
+    return FreeSwitchAdapter("myfs", entry)
+
+
+def soon() -> float:
+    return time.monotonic() + 10
+
+
+def bgapi_lines(peer: EslPeer) -> list[str]:
+    return [r for r in peer.received if r.startswith("bgapi ")]
+
+
+def test_registered_for_its_type() -> None:
+    assert adapter_class("freeswitch") is FreeSwitchAdapter
+
+
+def test_test_reports_version_and_ready(peer: EslPeer) -> None:
+    """esl_api_transcript.txt: api version / api status."""
+    adapter = make(peer)
+    answer = adapter.test()
+    assert answer.message.startswith("FreeSWITCH 1.10.12-release~64bit on myfs is ready (UP 0 years")
+    assert answer.data["version"] == "1.10.12-release~64bit"
+    assert peer.received[:3] == [
+        "auth labpass",
+        "event plain BACKGROUND_JOB CHANNEL_ANSWER CHANNEL_HANGUP_COMPLETE",
+        "filter Unique-ID 00000000-0000-0000-0000-000000000000",
+    ]
+    adapter.close()
+
+
+def test_wrong_password_is_auth_failed(peer: EslPeer) -> None:
+    """esl_auth_transcript.txt §1: `-ERR invalid`, disconnect notice, close."""
+    adapter = make(peer, password="wrongpass")
+    with pytest.raises(AuthFailed) as info:
+        adapter.test()
+    assert info.value.exit_code == 3
+    assert "wrongpass" not in info.value.message
+    assert "-ERR invalid" in info.value.message
+
+
+def test_nothing_listening_is_unreachable() -> None:
+    with EslPeer() as p:
+        port = p.port
+    entry = ServerEntry.build("freeswitch", {"apikey": "x", "domain": "d"}, host="127.0.0.1", port=port)
+    with pytest.raises(Unreachable):
+        FreeSwitchAdapter("myfs", entry).test()
+
+
+def test_answered_call_then_hangup(peer: EslPeer) -> None:
+    """esl_originate_answer_kill_transcript.txt: CHANNEL_ANSWER, BACKGROUND_JOB `+OK <uuid>`, uuid_kill `+OK`,
+    then a second uuid_kill `-ERR No such channel!`."""
+    adapter = make(peer)
+    ref = adapter.originate(f"{SIPP}:5070", "9196", {}, soon())
+    assert ref.call_id is not None and re.fullmatch(r"[0-9a-f-]{36}", ref.call_id)
+    (line,) = bgapi_lines(peer)
+    job = ref.handle["job_uuid"]
+    assert line == (
+        f"bgapi originate {{origination_uuid={ref.call_id},originate_timeout=60,ignore_early_media=true}}"
+        f"{SIPP}:5070 9196 XML default\nJob-UUID: {job}"
+    )
+    answer = adapter.follow(ref, soon())
+    assert answer.call_id == ref.call_id and "answered" in answer.message
+    assert peer.sessions[0].filters == [("Unique-ID", "00000000-0000-0000-0000-000000000000")]  # released
+    ended = adapter.hangup(ref.call_id, ref, {})
+    assert ended.message == f"Call {ref.call_id} ended on myfs"
+    again = adapter.hangup(ref.call_id, ref, {})
+    assert again.data == {"already_ended": True}
+    adapter.close()
+
+
+@pytest.mark.parametrize(
+    ("port", "code", "cause"),
+    [
+        ("5071", 486, "USER_BUSY"),  # esl_originate_busy_transcript.txt: hangup event first, sip_term_status 486
+        ("5072", 480, "NO_ANSWER"),  # esl_originate_noanswer_transcript.txt: BACKGROUND_JOB first, no SIP code
+        ("5073", 408, "RECOVERY_ON_TIMER_EXPIRE"),  # esl_originate_silent_timerb_transcript.txt: 408
+    ],
+)
+def test_refused_calls_carry_the_sip_code(peer: EslPeer, port: str, code: int, cause: str) -> None:
+    adapter = make(peer)
+    ref = adapter.originate(f"{SIPP}:{port}", "9196", {}, soon())
+    with pytest.raises(CallRejected) as info:
+        adapter.follow(ref, soon())
+    assert info.value.sip_code == code
+    assert info.value.details["cause"] == cause
+    assert info.value.details["call_id"] == ref.call_id
+    adapter.close()
+
+
+def test_events_before_the_bgapi_reply_are_not_lost(peer: EslPeer) -> None:
+    """The busy capture's hangup event may be on the wire before our follow starts; the subscription
+    exists before the bgapi is written, so it is kept (esl_originate_busy_transcript.txt)."""
+    peer.interleave = False
+    adapter = make(peer)
+    ref = adapter.originate(f"{SIPP}:5071", "9196", {}, soon())
+    time.sleep(0)  # no wait: the events may or may not have arrived; both orders must work
+    with pytest.raises(CallRejected):
+        adapter.follow(ref, soon())
+
+
+def test_dial_string_forms(peer: EslPeer) -> None:
+    adapter = make(peer, profile="internal", context="public")
+    assert adapter.a_leg("sofia/1001") == "sofia/internal/1001@lab.test"
+    assert adapter.a_leg("1001") == "user/1001@lab.test"
+    assert adapter.a_leg("user/1001@other.test") == "user/1001@other.test"
+    assert adapter.a_leg("sofia/internal/u@127.0.0.1:5070") == "sofia/internal/u@127.0.0.1:5070"
+    assert adapter.a_leg("loopback/9196/public") == "loopback/9196/public"
+    assert adapter.b_part("2000") == "2000 XML public"
+    assert adapter.b_part("sofia/2000") == "&bridge(sofia/internal/2000@lab.test)"
+    assert adapter.b_part("user/2000@lab.test") == "&bridge(user/2000@lab.test)"
+
+
+@pytest.mark.parametrize(
+    ("from_", "to"),
+    [
+        ("1001,sofia/internal/666@evil", "2000"),
+        ("1001", "2000 XML evil"),
+        ("{origination_caller_id_number=1}user/1001@d", "2000"),
+        ("user/1001@d", "2000&bridge(user/666@d)"),
+        ("1001\napi shutdown", "2000"),
+        ("1001", "user/2000@d|user/666@d"),
+        ("1001", "${sip_profile}"),
+    ],
+)
+def test_injection_is_refused_before_anything_is_sent(peer: EslPeer, from_: str, to: str) -> None:
+    adapter = make(peer)
+    with pytest.raises(InvalidInput):
+        adapter.originate(from_, to, {}, soon())
+    assert bgapi_lines(peer) == []
+
+
+def test_bad_call_id_is_refused(peer: EslPeer) -> None:
+    with pytest.raises(InvalidInput):
+        make(peer).hangup("1234; api shutdown", None, {})
+    assert not any(r.startswith("api uuid_kill") for r in peer.received)
+
+
+def test_session_lost_after_the_bgapi_left_is_outcome_unknown(peer: EslPeer) -> None:
+    """The server closes right after reading the originate: it may have placed the call."""
+    peer.drop_after = "bgapi originate"
+    adapter = make(peer)
+    with pytest.raises(OutcomeUnknown) as info:
+        adapter.originate(f"{SIPP}:5070", "9196", {}, soon())
+    assert re.fullmatch(r"[0-9a-f-]{36}", info.value.details["call_id"])
+
+
+def test_session_lost_while_following_is_outcome_unknown(peer: EslPeer) -> None:
+    peer.hold.clear()  # the call's events are held back until the session is gone
+    adapter = make(peer)
+    ref = adapter.originate(f"{SIPP}:5070", "9196", {}, soon())
+    peer.drop()
+    with pytest.raises(OutcomeUnknown):
+        adapter.follow(ref, soon())
+    peer.hold.set()
+
+
+def test_reconnects_after_a_drop(peer: EslPeer) -> None:
+    adapter = make(peer)
+    adapter.test()
+    peer.drop()
+    deadline = soon()
+    while adapter.session().alive() and time.monotonic() < deadline:
+        time.sleep(0.01)  # waits on the reader noticing the close (an event), bounded
+    assert adapter.test().data["state"] == "ready"
+    assert len(peer.sessions) == 2
+    adapter.close()
