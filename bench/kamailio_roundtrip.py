@@ -82,8 +82,9 @@ def main() -> None:
 
             configure("WARNING")
             from producer.api import Producer
+            from workers.jobs import execute as embedded
 
-            inline = Producer(Settings(mode="inline"))
+            inline = Producer(Settings(mode="inline"), runner=embedded)
             samples["ifbus test, embedded (adapter in-process)"] = timed(inline, TestRequest, n)
 
             url = f"redis://127.0.0.1:{redis_port}/0"

@@ -13,6 +13,8 @@ import time
 from dataclasses import asdict, dataclass
 from typing import Any, Protocol
 
+from bus import keys
+
 CLOSED, OPEN, HALF_OPEN = "closed", "open", "half-open"
 
 
@@ -48,14 +50,14 @@ def effective(health: Health, cooldown: float, now: float | None = None) -> str:
 
 
 class RedisHealth:
-    """Hash `ifbus:health:<server>` {state, failures, opened_at, reason}; trial lock `…:trial`."""
+    """Hash bus.keys.health(server) {state, failures, opened_at, reason}; trial lock bus.keys.health_trial."""
 
     def __init__(self, redis: Any) -> None:
         self.redis = redis
 
     @staticmethod
     def key(server: str) -> str:
-        return f"ifbus:health:{server}"
+        return keys.health(server)
 
     def get(self, server: str) -> Health:
         return _parse(self.redis.hgetall(self.key(server)))
@@ -73,13 +75,13 @@ class RedisHealth:
         if time.time() - health.opened_at < cooldown:
             return False
         # One trial per cool-down period, whichever worker gets there first.
-        return bool(self.redis.set(self.key(server) + ":trial", "1", nx=True, px=max(1, int(cooldown * 1000))))
+        return bool(self.redis.set(keys.health_trial(server), "1", nx=True, px=max(1, int(cooldown * 1000))))
 
     def success(self, server: str, pipe: Any = None) -> None:
         own = pipe is None
         pipe = self.redis.pipeline() if own else pipe
         pipe.hset(self.key(server), mapping={"state": CLOSED, "failures": 0, "opened_at": 0, "reason": ""})
-        pipe.delete(self.key(server) + ":trial")
+        pipe.delete(keys.health_trial(server))
         if own:
             pipe.execute()
 
@@ -89,7 +91,7 @@ class RedisHealth:
         if force_open or failures >= threshold:
             pipe = self.redis.pipeline()
             pipe.hset(key, mapping={"state": OPEN, "opened_at": time.time(), "reason": reason[:300]})
-            pipe.delete(key + ":trial")  # a failed trial starts a new cool-down
+            pipe.delete(keys.health_trial(server))  # a failed trial starts a new cool-down
             pipe.execute()
         else:
             self.redis.hset(key, "reason", reason[:300])

@@ -1,15 +1,11 @@
 """What the bus remembers about each request, so that no call is ever placed twice.
 
-Redis keys (all expire; `window` = DEDUP_SECONDS):
-
-- `ifbus:request:<id>`: set NX by the producer, so a re-submitted request id is not enqueued again.
-- `ifbus:result:<id>`: the final JobResult JSON, for late and duplicate waiters.
-- `ifbus:waiters:<id>`: reply keys of duplicate submitters.
-- `ifbus:sent:<id>`: the server an originate went to; set NX right before sending, cleared only
-  when that server provably did nothing (unreachable, overloaded).
-- `ifbus:lease:<id>`: the server a live worker is on; refreshed every second, so a waiting caller
-  notices a killed worker within LEASE_SECONDS.
-- `ifbus:call:<call_id>`: the server that carries a call, for `hangup`.
+What it keeps (key names and lifetimes: bus.keys): the request-id dedup claim; the final result and
+the reply keys of duplicate waiters; the send claim, set right before an originate and cleared only
+when that server provably did nothing (unreachable, overloaded, auth); the lease a live worker holds,
+refreshed every second, so a waiting caller notices a killed worker within LEASE_SECONDS; and the
+CallRef of every call a server accepted, written at acceptance (not only on success), so `hangup`
+reaches the server that carries the call even after an "outcome unknown".
 """
 
 from __future__ import annotations
@@ -19,6 +15,9 @@ import threading
 import time
 from collections.abc import Callable
 from typing import Any, ClassVar, Protocol
+
+from bus import keys
+from bus.calls import CallRef
 
 DEDUP_SECONDS = 3600
 CALL_SECONDS = 24 * 3600
@@ -47,9 +46,10 @@ class Ledger(Protocol):
     def lease(self, request_id: str, value: str, seconds: float = LEASE_SECONDS, refresh: bool = False) -> None:
         """Set the lease (or, with refresh, extend it only if it still exists)."""
 
-    def remember_call(self, call_id: str, server: str) -> None: ...
+    def record_call(self, ref: CallRef) -> None:
+        """Remember a call a server accepted, under every id a user may hang up with."""
 
-    def call_server(self, call_id: str) -> str | None: ...
+    def call_ref(self, call_id: str) -> CallRef | None: ...
 
 
 class RedisLedger:
@@ -57,19 +57,19 @@ class RedisLedger:
         self.redis = redis
 
     def claim_request(self, request_id: str) -> bool:
-        return bool(self.redis.set(f"ifbus:request:{request_id}", time.time(), nx=True, ex=DEDUP_SECONDS))
+        return bool(self.redis.set(keys.request(request_id), time.time(), nx=True, ex=DEDUP_SECONDS))
 
     def forget_request(self, request_id: str) -> None:
-        self.redis.delete(f"ifbus:request:{request_id}")
+        self.redis.delete(keys.request(request_id))
 
     def result(self, request_id: str) -> dict[str, Any] | None:
-        raw = self.redis.get(f"ifbus:result:{request_id}")
+        raw = self.redis.get(keys.result(request_id))
         return json.loads(raw) if raw else None
 
     def add_waiter(self, request_id: str, reply_key: str) -> None:
         pipe = self.redis.pipeline()
-        pipe.sadd(f"ifbus:waiters:{request_id}", reply_key)
-        pipe.expire(f"ifbus:waiters:{request_id}", DEDUP_SECONDS)
+        pipe.sadd(keys.waiters(request_id), reply_key)
+        pipe.expire(keys.waiters(request_id), DEDUP_SECONDS)
         pipe.execute()
 
     def finish(
@@ -78,49 +78,51 @@ class RedisLedger:
         """Store the result, wake the waiters, drop the lease: in that order, in one transaction, so
         a caller that finds the lease gone always finds the answer already there, and a duplicate
         submitter that registers after this sees the stored result."""
-        from bus.queues import REPLY_TTL_SECONDS
-
         body = json.dumps(result)
         pipe = self.redis.pipeline()
         if also is not None:
             also(pipe)
-        pipe.set(f"ifbus:result:{request_id}", body, ex=DEDUP_SECONDS)
-        pipe.smembers(f"ifbus:waiters:{request_id}")
+        pipe.set(keys.result(request_id), body, ex=DEDUP_SECONDS)
+        pipe.smembers(keys.waiters(request_id))
         if reply_key:
             pipe.lpush(reply_key, body)
-            pipe.expire(reply_key, REPLY_TTL_SECONDS)
-        pipe.delete(f"ifbus:lease:{request_id}")
+            pipe.expire(reply_key, keys.REPLY_TTL_SECONDS)
+        pipe.delete(keys.lease(request_id))
         waiters = {k.decode() for k in pipe.execute()[-4 if reply_key else -2]} - {reply_key}
         if waiters:
             pipe = self.redis.pipeline()
             for key in waiters:
                 pipe.lpush(key, body)
-                pipe.expire(key, REPLY_TTL_SECONDS)
+                pipe.expire(key, keys.REPLY_TTL_SECONDS)
             pipe.execute()
 
     def claim_send(self, request_id: str, server: str) -> str | None:
-        key = f"ifbus:sent:{request_id}"
+        key = keys.sent(request_id)
         if self.redis.set(key, server, nx=True, ex=DEDUP_SECONDS):
             return None
         holder = self.redis.get(key)
         return holder.decode() if holder else "another worker"
 
     def release_send(self, request_id: str) -> None:
-        self.redis.delete(f"ifbus:sent:{request_id}")
+        self.redis.delete(keys.sent(request_id))
 
     def lease(self, request_id: str, value: str, seconds: float = LEASE_SECONDS, refresh: bool = False) -> None:
-        self.redis.set(f"ifbus:lease:{request_id}", value, px=max(1, int(seconds * 1000)), xx=refresh)
+        self.redis.set(keys.lease(request_id), value, px=max(1, int(seconds * 1000)), xx=refresh)
 
     def read_lease(self, request_id: str) -> str | None:
-        raw = self.redis.get(f"ifbus:lease:{request_id}")
+        raw = self.redis.get(keys.lease(request_id))
         return raw.decode() if raw else None
 
-    def remember_call(self, call_id: str, server: str) -> None:
-        self.redis.set(f"ifbus:call:{call_id}", server, ex=CALL_SECONDS)
+    def record_call(self, ref: CallRef) -> None:
+        body = json.dumps(ref.to_json())
+        pipe = self.redis.pipeline(transaction=False)
+        for name in ref.names():
+            pipe.set(keys.call(name), body, ex=CALL_SECONDS)
+        pipe.execute()
 
-    def call_server(self, call_id: str) -> str | None:
-        raw = self.redis.get(f"ifbus:call:{call_id}")
-        return raw.decode() if raw else None
+    def call_ref(self, call_id: str) -> CallRef | None:
+        raw = self.redis.get(keys.call(call_id))
+        return _parse_ref(raw)
 
 
 class MemoryLedger:
@@ -128,7 +130,7 @@ class MemoryLedger:
 
     def __init__(self) -> None:
         self._sent: dict[str, str] = {}
-        self._calls: dict[str, str] = {}
+        self._calls: dict[str, CallRef] = {}
 
     def claim_request(self, request_id: str) -> bool:
         return True
@@ -157,11 +159,22 @@ class MemoryLedger:
     def lease(self, request_id: str, value: str, seconds: float = LEASE_SECONDS, refresh: bool = False) -> None:
         return None
 
-    def remember_call(self, call_id: str, server: str) -> None:
-        self._calls[call_id] = server
+    def record_call(self, ref: CallRef) -> None:
+        for name in ref.names():
+            self._calls[name] = ref
 
-    def call_server(self, call_id: str) -> str | None:
+    def call_ref(self, call_id: str) -> CallRef | None:
         return self._calls.get(call_id)
+
+
+def _parse_ref(raw: bytes | None) -> CallRef | None:
+    """A stored CallRef; an unreadable one (written by hand, or an older version) counts as absent."""
+    if not raw:
+        return None
+    try:
+        return CallRef.from_json(json.loads(raw))
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return None
 
 
 class LeaseKeeper:

@@ -1,25 +1,47 @@
-"""Names on Redis: one RQ queue per vendor type, and the per-request reply keys.
+"""Putting a request on its vendor's RQ queue: one `enqueue()` for the producer and failover re-queue.
 
-| queue           | served by                  |
-|-----------------|----------------------------|
-| `sip.<type>`    | `ifbus worker <type>`      |
-
-Reply keys are `ifbus:reply:<request_id>`: a list the worker LPUSHes one result to and the caller
-BLPOPs, so waiting costs no polling and no RQ result-stream round trips.
+One RQ queue per vendor type (`sip.<type>`, served by `ifbus worker <type>`); jobs use RQ's JSON
+serializer (never pickle), name only `workers.jobs.run`, and carry only the server's name. Key names
+live in bus.keys.
 """
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
+from bus import keys
 from bus.vendors import vendor
 
+if TYPE_CHECKING:
+    from bus.models import BaseRequest
+
 JOB_FUNCTION = "workers.jobs.run"
-REPLY_TTL_SECONDS = 300
+REPLY_TTL_SECONDS = keys.REPLY_TTL_SECONDS
+# RQ kills a job that runs past its timeout; the bus's own deadline ends it first, this is the slack.
+JOB_TIMEOUT_SLACK_SECONDS = 30
+FAILED_JOB_TTL_SECONDS = 24 * 3600
 
 
 def queue_name(type_: str) -> str:
     vendor(type_)
-    return f"sip.{type_}"
+    return keys.queue(type_)
 
 
 def reply_key(request_id: str) -> str:
-    return f"ifbus:reply:{request_id}"
+    return keys.reply(request_id)
+
+
+def enqueue(redis: Any, type_: str, request: BaseRequest, job_id: str | None = None) -> None:
+    """Queue `request` for the workers of `type_`; `job_id` defaults to the request id (a failover hop
+    names its own, since RQ job ids are unique)."""
+    from rq import Queue
+    from rq.serializers import JSONSerializer
+
+    Queue(queue_name(type_), connection=redis, serializer=JSONSerializer).enqueue(
+        JOB_FUNCTION,
+        request.model_dump(mode="json", by_alias=True),
+        job_id=job_id or request.request_id,
+        job_timeout=int(request.timeout) + JOB_TIMEOUT_SLACK_SECONDS,
+        result_ttl=0,  # the bus stores its own result (bus.keys.result); RQ's copy would be redundant
+        failure_ttl=FAILED_JOB_TTL_SECONDS,
+    )

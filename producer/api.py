@@ -1,14 +1,18 @@
 """The producer API: submit a typed request and (optionally) wait for its one answer.
 
-Other services use this exactly as the CLI does:
+Other services use this exactly as the CLI does (docs/producers-python.md has a runnable example):
 
-    from producer.api import Producer
-    from bus.models import CallRequest
+    from producer import Producer, CallRequest
     result = Producer().submit(CallRequest(server="mykam", **{"from": "1001", "to": "2000"}))
 
-Mode: `IFBUS_MODE=queue` insists on Redis; `inline` runs the job in this process; `auto` (the
+The producer knows only the broker: it validates, enqueues on the vendor's queue and waits on the
+request's reply key. It runs a job in-process only when it is handed a `runner` (the CLI hands it
+`workers.jobs.execute` for embedded mode), so a service that embeds the producer never imports the
+workers by accident.
+
+Mode: `IFBUS_MODE=queue` insists on Redis; `inline` runs the job with the runner; `auto` (the
 default) uses Redis when `IFBUS_REDIS_URL` is set or a Redis answers on the default URL, and
-otherwise runs in-process (embedded mode), so a newcomer needs nothing but the package.
+otherwise the runner (embedded mode) — or, with no runner, says Redis is unreachable.
 """
 
 from __future__ import annotations
@@ -16,16 +20,22 @@ from __future__ import annotations
 import json
 import time
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 from redis import Redis
 from redis.exceptions import RedisError
 
+from bus import keys
 from bus.errors import OutcomeUnknown, Unreachable
 from bus.models import BaseRequest, JobResult
-from bus.queues import JOB_FUNCTION, queue_name, reply_key
+from bus.queues import enqueue, queue_name, reply_key
+from bus.redis_conn import connect, from_url, safe_url
 from bus.registry import Registry, open_registry
 from bus.settings import Settings
+
+#: Runs one request payload in this process and returns its JobResult as a dict (workers.jobs.execute).
+Runner = Callable[..., dict[str, Any]]
 
 # How long `auto` mode waits for a Redis on the default URL before choosing embedded mode.
 PROBE_TIMEOUT_SECONDS = 0.25
@@ -34,9 +44,12 @@ WORKER_SEEN_SECONDS = 1.0
 
 
 class Producer:
-    def __init__(self, settings: Settings | None = None, registry: Registry | None = None) -> None:
+    def __init__(
+        self, settings: Settings | None = None, registry: Registry | None = None, runner: Runner | None = None
+    ) -> None:
         self.settings = settings or Settings()
         self.registry = registry or open_registry(self.settings.home)
+        self.runner = runner
         self.notice: str | None = None  # why embedded mode was chosen, for the CLI to print
         self._enqueued = False  # whether the current request reached Redis: decides unreachable vs unknown
         self._redis: Redis | None = None  # one connection pool for every submit of this producer
@@ -55,32 +68,32 @@ class Producer:
             return self._redis
         mode = self.settings.mode
         if mode == "inline":
+            self._need_runner("IFBUS_MODE=inline")
             self.notice = "embedded mode (IFBUS_MODE=inline): running the job in this process"
             return None
         url = self.settings.effective_redis_url
-        explicit = mode == "queue" or self.settings.redis_url is not None
-        redis = Redis.from_url(
-            url, socket_connect_timeout=None if explicit else PROBE_TIMEOUT_SECONDS, socket_timeout=None
-        )
+        explicit = mode == "queue" or self.settings.redis_url is not None or self.runner is None
+        if explicit:
+            why = "IFBUS_MODE=queue" if mode == "queue" else "IFBUS_REDIS_URL is set" if self.settings.redis_url else ""
+            self._redis = connect(url, why, socket_timeout=None)
+            return self._redis
+        redis = from_url(url, socket_connect_timeout=PROBE_TIMEOUT_SECONDS, socket_timeout=None)
         try:
             redis.ping()
-        except (RedisError, OSError) as exc:
-            if explicit:
-                why = "IFBUS_MODE=queue" if mode == "queue" else "IFBUS_REDIS_URL is set"
-                raise Unreachable(
-                    f"Redis at {_safe_url(url)} is not reachable ({why}): {exc}; "
-                    "start Redis, fix IFBUS_REDIS_URL, or set IFBUS_MODE=inline"
-                ) from None
-            self.notice = f"embedded mode (no Redis at {_safe_url(url)}): running the job in this process"
+        except (RedisError, OSError):
+            self.notice = f"embedded mode (no Redis at {safe_url(url)}): running the job in this process"
             return None
         self._redis = redis
         return redis
 
-    def _run_inline(self, request: BaseRequest) -> JobResult:
-        from workers.jobs import execute  # the one seam between producer and workers
+    def _need_runner(self, why: str) -> Runner:
+        if self.runner is None:
+            raise Unreachable(f"{why}, but this producer has no in-process runner: give Producer(runner=…)")
+        return self.runner
 
+    def _run_inline(self, request: BaseRequest) -> JobResult:
         payload = request.model_dump(mode="json", by_alias=True)
-        return JobResult.model_validate(execute(payload, mode="inline"))
+        return JobResult.model_validate(self._need_runner("embedded mode")(payload, mode="inline"))
 
     def _enqueue(self, redis: Redis, queue: str, request: BaseRequest, wait: bool) -> JobResult | str:
         try:
@@ -97,7 +110,6 @@ class Producer:
 
     def _enqueue_and_wait(self, redis: Redis, queue: str, request: BaseRequest, wait: bool) -> JobResult | str:
         from rq import Queue, Worker
-        from rq.serializers import JSONSerializer
 
         from bus.ledger import RedisLedger
 
@@ -110,23 +122,14 @@ class Producer:
             # Submitted before within the window: the first submission's answer, never a second call.
             self._enqueued = True
             return self._join(redis, ledger, request, queue) if wait else rid
-        rq_queue = Queue(queue, connection=redis, serializer=JSONSerializer)
-        if self._served.get(queue, 0) < time.monotonic() and Worker.count(queue=rq_queue) > 0:
+        vendor_type = keys.queue_type(queue)
+        if self._served.get(queue, 0) < time.monotonic() and Worker.count(queue=Queue(queue, connection=redis)) > 0:
             self._served[queue] = time.monotonic() + WORKER_SEEN_SECONDS
         if self._served.get(queue, 0) < time.monotonic():
             ledger.forget_request(rid)
-            vendor_type = queue.removeprefix("sip.")
             raise Unreachable(f"no worker serves {queue}: start `ifbus worker {vendor_type}`, or set IFBUS_MODE=inline")
         key = reply_key(rid) if wait else None
-        payload = request.model_copy(update={"reply_key": key}).model_dump(mode="json", by_alias=True)
-        rq_queue.enqueue(
-            JOB_FUNCTION,
-            payload,
-            job_id=rid,
-            job_timeout=int(request.timeout) + 30,
-            result_ttl=0,  # the bus stores its own result (ifbus:result:<id>); RQ's copy would be redundant
-            failure_ttl=24 * 3600,
-        )
+        enqueue(redis, vendor_type, request.model_copy(update={"reply_key": key}))
         self._enqueued = True
         if key is None:
             return rid
@@ -203,7 +206,7 @@ def job_status(job_id: str, settings: Settings | None = None) -> dict[str, Any]:
     from bus.ledger import RedisLedger
 
     settings = settings or Settings()
-    redis = Redis.from_url(settings.effective_redis_url)
+    redis = from_url(settings.effective_redis_url)
     try:
         result = RedisLedger(redis).result(job_id)
         if result is not None:
@@ -212,13 +215,6 @@ def job_status(job_id: str, settings: Settings | None = None) -> dict[str, Any]:
     except NoSuchJobError:
         raise NotFound(f"Not found: job {job_id}") from None
     except (RedisError, OSError) as exc:
-        raise Unreachable(f"Redis at {_safe_url(settings.effective_redis_url)} is not reachable: {exc}") from None
+        raise Unreachable(f"Redis at {safe_url(settings.effective_redis_url)} is not reachable: {exc}") from None
     status = job.get_status()
     return {"job_id": job_id, "status": str(getattr(status, "value", status)), "result": None}
-
-
-def _safe_url(url: str) -> str:
-    """A Redis URL with any password masked, for messages."""
-    from bus.logging import redact
-
-    return redact(url)

@@ -432,7 +432,7 @@ def _submit(
         request = model.model_validate(fields)
     except ValidationError as exc:
         raise InvalidInput(_first_error(exc)) from None
-    producer = Producer(settings)
+    producer = Producer(settings, runner=embedded)
     outcome = producer.submit(request, wait=not no_wait)
     if producer.notice:
         click.echo(f"ifbus: {producer.notice}", err=True)
@@ -453,6 +453,13 @@ def _submit(
     emit(as_json, {"ok": True, **result}, line)
 
 
+def embedded(payload: dict[str, Any], mode: str = "inline") -> dict[str, Any]:
+    """Embedded mode: the worker's job function in this process (imported only when it runs)."""
+    from workers.jobs import execute
+
+    return execute(payload, mode=mode)
+
+
 def _first_error(exc: Any) -> str:
     error = exc.errors(include_url=False, include_input=False)[0]
     where = ".".join(str(p) for p in error["loc"] if p not in ("function-after[validate(), str]",))
@@ -470,11 +477,10 @@ def job(job_id: str, as_json: bool) -> None:
     Example:
       ifbus job 3f1c0e9a2b7d4e0f8a6b5c4d3e2f1a0b
     """
-    import re
-
+    from bus.models import REQUEST_ID_RE
     from producer.api import job_status
 
-    if not re.fullmatch(r"[A-Za-z0-9_-]{8,64}", job_id):
+    if not REQUEST_ID_RE.fullmatch(job_id):
         raise InvalidInput(f"invalid job id {job_id[:70]!r}")
     status = job_status(job_id)
     result = status["result"] or {}
@@ -511,10 +517,13 @@ def worker(types: tuple[str, ...], concurrency: int, burst: bool) -> None:
     from bus.vendors import vendor
     from workers.worker import run_workers
 
+    from bus.redis_conn import connect
+
     for type_ in types:
         vendor(type_)
     settings = Settings()
     configure(settings.log_level)
+    connect(settings.effective_redis_url, "the worker needs it")  # a clear exit 4 rather than RQ's traceback
     run_workers(
         settings.effective_redis_url,
         list(types or TYPES),

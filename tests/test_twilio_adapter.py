@@ -23,11 +23,12 @@ from bus.errors import (
     Unreachable,
 )
 from bus.server import ServerEntry
-from bus.sip import reason_phrase
+from bus.sip import reason_phrase, twilio_endpoint
 from tests.fake_twilio import ACCOUNT_SID, AUTH_TOKEN, FakeTwilio
 from workers.adapters import adapter_class
 from workers.adapters import twilio as twilio_module
-from workers.adapters.twilio import CREATE_ERROR_SIP, STATUS_SIP, TwilioAdapter, twilio_endpoint
+from workers.adapters.twilio import CREATE_ERROR_SIP, STATUS_SIP, TwilioAdapter
+from workers.testing import call_once
 
 FROM = "+15005550006"
 TO = "+14155550100"
@@ -96,7 +97,7 @@ def test_wrong_token_is_auth_failed_naming_the_keys_not_the_token(fake: FakeTwil
     assert_no_secret(info.value, wrong)
     assert_no_secret(info.value)
     with pytest.raises(AuthFailed):  # on create too: a 401 is not processed, so failing over is safe
-        adapter.call(FROM, TO, "answered", {}, soon())
+        call_once(adapter, FROM, TO, "answered", {}, soon())
     assert len(fake.of_kind("create")) == 1
 
 
@@ -111,8 +112,8 @@ def test_bad_account_sid_refused_before_any_request(fake: FakeTwilio, sid: str) 
     adapter = make(fake.base_url, account_sid=sid)
     for op in (
         adapter.test,
-        lambda: adapter.call(FROM, TO, "answered", {}, soon()),
-        lambda: adapter.hangup(CALL_SID, {}),
+        lambda: call_once(adapter, FROM, TO, "answered", {}, soon()),
+        lambda: adapter.hangup(CALL_SID, None, {}),
     ):
         with pytest.raises(InvalidInput, match="AC followed by 32 hex digits"):
             op()
@@ -122,7 +123,7 @@ def test_bad_account_sid_refused_before_any_request(fake: FakeTwilio, sid: str) 
 @pytest.mark.parametrize("call_id", ["CA12345xyz", "CA" + "z" * 32, "AC" + "0" * 32, "ca" + "0" * 32])
 def test_bad_call_sid_refused_before_any_request(adapter: TwilioAdapter, fake: FakeTwilio, call_id: str) -> None:
     with pytest.raises(InvalidInput, match="CA followed by 32 hex digits"):
-        adapter.hangup(call_id, {})
+        adapter.hangup(call_id, None, {})
     assert fake.requests == []
 
 
@@ -131,14 +132,14 @@ def test_plain_http_refused_off_loopback(fake: FakeTwilio) -> None:
     with pytest.raises(InvalidInput, match="in clear"):
         adapter.test()
     for ok in ("http://localhost:1", "http://[::1]:1", "https://api.example.com"):
-        assert make(ok)._base_url() == ok
+        assert str(make(ok).session.client.base_url).rstrip("/") == ok
 
 
 # call
 
 
 def test_call_accepted_returns_at_once(adapter: TwilioAdapter, fake: FakeTwilio) -> None:
-    answer = adapter.call(FROM, TO, "accepted", {}, soon())
+    answer = call_once(adapter, FROM, TO, "accepted", {}, soon())
     assert answer.call_id is not None and twilio_module.CALL_SID_RE.fullmatch(answer.call_id)
     assert answer.data["status"] == "queued"
     [request] = fake.requests
@@ -154,7 +155,7 @@ def test_call_accepted_returns_at_once(adapter: TwilioAdapter, fake: FakeTwilio)
 def test_call_followed_to_in_progress(fake: FakeTwilio) -> None:
     fake.statuses = ["queued", "ringing", "ringing", "in-progress"]
     adapter = make(fake.base_url)
-    answer = adapter.call(FROM, TO, "answered", {}, soon())
+    answer = call_once(adapter, FROM, TO, "answered", {}, soon())
     assert answer.message == f"Call {answer.call_id} answered"
     assert answer.data == {"status": "in-progress"}
     assert len(fake.of_kind("create")) == 1
@@ -166,7 +167,7 @@ def test_call_followed_to_in_progress(fake: FakeTwilio) -> None:
 
 def test_completed_counts_as_answered(fake: FakeTwilio) -> None:
     fake.statuses = ["queued", "completed"]
-    answer = make(fake.base_url).call(FROM, TO, "answered", {}, soon())
+    answer = call_once(make(fake.base_url), FROM, TO, "answered", {}, soon())
     assert answer.call_id and "already ended" in answer.message
 
 
@@ -182,7 +183,7 @@ def test_completed_counts_as_answered(fake: FakeTwilio) -> None:
 def test_unanswered_statuses_map_to_sip(fake: FakeTwilio, status: str, sip_code: int, reason: str) -> None:
     fake.statuses = ["queued", "ringing", status]
     with pytest.raises(CallRejected) as info:
-        make(fake.base_url).call(FROM, TO, "answered", {}, soon())
+        call_once(make(fake.base_url), FROM, TO, "answered", {}, soon())
     exc = info.value
     assert (exc.sip_code, exc.reason) == (sip_code, reason)
     assert exc.message == f"Call failed: SIP {sip_code} {reason}"
@@ -196,7 +197,7 @@ def test_unanswered_statuses_map_to_sip(fake: FakeTwilio, status: str, sip_code:
 def test_create_refusals_map_to_sip(adapter: TwilioAdapter, fake: FakeTwilio, code: int) -> None:
     fake.inject("create", 400, code, f"Twilio says {code}")
     with pytest.raises(CallRejected) as info:
-        adapter.call(FROM, TO, "answered", {}, soon())
+        call_once(adapter, FROM, TO, "answered", {}, soon())
     assert (info.value.sip_code, info.value.reason) == (CREATE_ERROR_SIP[code], reason_phrase(CREATE_ERROR_SIP[code]))
     assert info.value.details["twilio_code"] == code
     assert info.value.details["twilio_message"] == f"Twilio says {code}"
@@ -205,7 +206,7 @@ def test_create_refusals_map_to_sip(adapter: TwilioAdapter, fake: FakeTwilio, co
 
 def test_invalid_to_21211_from_the_fake_is_484(adapter: TwilioAdapter, fake: FakeTwilio) -> None:
     with pytest.raises(CallRejected) as info:
-        adapter.call(FROM, "not-a-number", "answered", {}, soon())
+        call_once(adapter, FROM, "not-a-number", "answered", {}, soon())
     assert info.value.sip_code == 484 and info.value.details["twilio_code"] == 21211
     assert "not a valid phone number" in info.value.details["twilio_message"]
 
@@ -213,7 +214,7 @@ def test_invalid_to_21211_from_the_fake_is_484(adapter: TwilioAdapter, fake: Fak
 def test_other_4xx_is_invalid_input_with_twilios_message(adapter: TwilioAdapter, fake: FakeTwilio) -> None:
     fake.inject("create", 400, 21205, "Url is not a valid URL: foo")
     with pytest.raises(InvalidInput, match="Url is not a valid URL") as info:
-        adapter.call(FROM, TO, "answered", {}, soon())
+        call_once(adapter, FROM, TO, "answered", {}, soon())
     assert info.value.details["twilio_code"] == 21205
     assert "https://www.twilio.com/docs/errors/21205" in info.value.message
 
@@ -221,7 +222,7 @@ def test_other_4xx_is_invalid_input_with_twilios_message(adapter: TwilioAdapter,
 def test_429_is_overloaded_with_retry_after(adapter: TwilioAdapter, fake: FakeTwilio) -> None:
     fake.inject("create", 429, 20429, "Too Many Requests", headers={"Retry-After": "3"})
     with pytest.raises(Overloaded) as info:
-        adapter.call(FROM, TO, "answered", {}, soon())
+        call_once(adapter, FROM, TO, "answered", {}, soon())
     assert info.value.retry_after == 3.0
     assert info.value.outcome.transient
     assert len(fake.requests) == 1
@@ -232,7 +233,7 @@ def test_create_read_timeout_is_outcome_unknown_and_never_resent(fake: FakeTwili
     adapter = make(fake.base_url, read_timeout="0.3")
     started = time.monotonic()
     with pytest.raises(OutcomeUnknown) as info:
-        adapter.call(FROM, TO, "answered", {}, soon())
+        call_once(adapter, FROM, TO, "answered", {}, soon())
     assert time.monotonic() - started < 3
     assert info.value.outcome is Outcome.AMBIGUOUS and not info.value.outcome.transient
     assert len(fake.of_kind("create")) == 1 and len(fake.requests) == 1
@@ -242,7 +243,7 @@ def test_create_read_timeout_is_outcome_unknown_and_never_resent(fake: FakeTwili
 def test_create_5xx_is_outcome_unknown(adapter: TwilioAdapter, fake: FakeTwilio, status: int) -> None:
     fake.inject("create", status, 20500, "Internal Server Error")
     with pytest.raises(OutcomeUnknown, match="a call may have been placed"):
-        adapter.call(FROM, TO, "answered", {}, soon())
+        call_once(adapter, FROM, TO, "answered", {}, soon())
 
 
 def test_test_5xx_is_transient(adapter: TwilioAdapter, fake: FakeTwilio) -> None:
@@ -260,7 +261,7 @@ def test_connection_refused_is_unreachable() -> None:
     with pytest.raises(Unreachable):
         adapter.test()
     with pytest.raises(Unreachable):  # nothing left us: safe to retry or fail over
-        adapter.call(FROM, TO, "answered", {}, soon())
+        call_once(adapter, FROM, TO, "answered", {}, soon())
 
 
 def test_deadline_while_ringing_is_outcome_unknown_naming_the_sid(fake: FakeTwilio) -> None:
@@ -268,7 +269,7 @@ def test_deadline_while_ringing_is_outcome_unknown_naming_the_sid(fake: FakeTwil
     adapter = make(fake.base_url, poll_interval="0.05")
     started = time.monotonic()
     with pytest.raises(OutcomeUnknown) as info:
-        adapter.call(FROM, TO, "answered", {}, soon(0.4))
+        call_once(adapter, FROM, TO, "answered", {}, soon(0.4))
     assert time.monotonic() - started < 2
     [sid] = fake.calls
     assert info.value.details["call_id"] == sid and sid in info.value.message
@@ -282,7 +283,7 @@ def test_answer_timeout_bounds_the_wait(fake: FakeTwilio, monkeypatch: pytest.Mo
     adapter = make(fake.base_url, answer_timeout="0.3", poll_interval="0.05")
     started = time.monotonic()
     with pytest.raises(OutcomeUnknown, match="still queued"):
-        adapter.call(FROM, TO, "answered", {}, soon(30))
+        call_once(adapter, FROM, TO, "answered", {}, soon(30))
     assert time.monotonic() - started < 2
     assert fake.of_kind("create")[0].form["Timeout"] == ["1"]
 
@@ -291,7 +292,7 @@ def test_status_poll_survives_transient_errors(fake: FakeTwilio) -> None:
     fake.statuses = ["queued", "in-progress"]
     fake.inject("fetch", 500, 20500, "Internal Server Error")
     fake.inject("fetch", 429, 20429, "Too Many Requests", headers={"Retry-After": "0"})
-    answer = make(fake.base_url).call(FROM, TO, "answered", {}, soon())
+    answer = call_once(make(fake.base_url), FROM, TO, "answered", {}, soon())
     assert answer.data["status"] == "in-progress"
     assert len(fake.of_kind("create")) == 1 and len(fake.of_kind("fetch")) == 3
 
@@ -301,20 +302,20 @@ def test_auth_lost_while_following_is_outcome_unknown_not_auth(fake: FakeTwilio)
     fake.statuses = ["queued", "ringing"]
     fake.inject("fetch", 401, 20003, "Authenticate")
     with pytest.raises(OutcomeUnknown) as info:
-        make(fake.base_url).call(FROM, TO, "answered", {}, soon())
+        call_once(make(fake.base_url), FROM, TO, "answered", {}, soon())
     assert info.value.details["call_id"] in fake.calls
     assert len(fake.of_kind("create")) == 1
 
 
 def test_extras_url_instead_of_twiml(adapter: TwilioAdapter, fake: FakeTwilio) -> None:
-    adapter.call(FROM, TO, "accepted", {"url": "https://example.com/twiml.xml"}, soon())
+    call_once(adapter, FROM, TO, "accepted", {"url": "https://example.com/twiml.xml"}, soon())
     form = fake.requests[0].form
     assert form["Url"] == ["https://example.com/twiml.xml"] and "Twiml" not in form
 
 
 def test_extras_twiml(adapter: TwilioAdapter, fake: FakeTwilio) -> None:
     twiml = '<Response><Dial callerId="+15005550006">+14155550199</Dial></Response>'
-    adapter.call(FROM, TO, "accepted", {"twiml": twiml}, soon())
+    call_once(adapter, FROM, TO, "accepted", {"twiml": twiml}, soon())
     assert fake.requests[0].form["Twiml"] == [twiml]
 
 
@@ -331,7 +332,7 @@ def test_extras_twiml(adapter: TwilioAdapter, fake: FakeTwilio) -> None:
 )
 def test_bad_extras_refused_before_any_request(adapter: TwilioAdapter, fake: FakeTwilio, extras: dict) -> None:
     with pytest.raises(InvalidInput):
-        adapter.call(FROM, TO, "answered", extras, soon())
+        call_once(adapter, FROM, TO, "answered", extras, soon())
     assert fake.requests == []
 
 
@@ -353,29 +354,29 @@ def test_cr_lf_refused_and_never_sent(adapter: TwilioAdapter, fake: FakeTwilio, 
     else:
         extras[field] = value
     with pytest.raises(InvalidInput, match="control characters"):
-        adapter.call(args["from"], args["to"], "answered", extras, soon())
+        call_once(adapter, args["from"], args["to"], "answered", extras, soon())
     with pytest.raises(InvalidInput, match="control characters"):
-        adapter.hangup(CALL_SID + "\r\nX-Injected: 1", {})
+        adapter.hangup(CALL_SID + "\r\nX-Injected: 1", None, {})
     assert fake.requests == []
 
 
 def test_server_text_is_scrubbed_of_the_token(adapter: TwilioAdapter, fake: FakeTwilio) -> None:
     fake.inject("create", 400, 21999, f"echo {AUTH_TOKEN}\r\nX-Evil: 1")
     with pytest.raises(InvalidInput) as info:
-        adapter.call(FROM, TO, "answered", {}, soon())
+        call_once(adapter, FROM, TO, "answered", {}, soon())
     assert_no_secret(info.value)
     assert "\n" not in info.value.message
 
 
 def test_one_client_reused_and_closed(adapter: TwilioAdapter, fake: FakeTwilio) -> None:
     adapter.test()
-    client = adapter._client
-    adapter.call(FROM, TO, "accepted", {}, soon())
-    assert adapter._client is client and client is not None
+    client = adapter.session._client
+    call_once(adapter, FROM, TO, "accepted", {}, soon())
+    assert adapter.session._client is client and client is not None
     adapter.close()
-    assert client.is_closed and adapter._client is None
+    assert client.is_closed and adapter.session._client is None
     adapter.test()  # rebuilt lazily
-    assert adapter._client is not None
+    assert adapter.session._client is not None
 
 
 # hangup
@@ -383,7 +384,7 @@ def test_one_client_reused_and_closed(adapter: TwilioAdapter, fake: FakeTwilio) 
 
 def placed(fake: FakeTwilio, adapter: TwilioAdapter, statuses: list[str]) -> str:
     fake.statuses = statuses
-    answer = adapter.call(FROM, TO, "accepted", {}, soon())
+    answer = call_once(adapter, FROM, TO, "accepted", {}, soon())
     assert answer.call_id
     fake.requests.clear()
     return answer.call_id
@@ -391,7 +392,7 @@ def placed(fake: FakeTwilio, adapter: TwilioAdapter, statuses: list[str]) -> str
 
 def test_hangup_in_progress_sends_completed(adapter: TwilioAdapter, fake: FakeTwilio) -> None:
     sid = placed(fake, adapter, ["in-progress"])
-    answer = adapter.hangup(sid, {})
+    answer = adapter.hangup(sid, None, {})
     assert answer.call_id == sid and answer.data == {"status": "completed", "requested": "completed"}
     fetch, update = fake.requests
     path = f"/2010-04-01/Accounts/{ACCOUNT_SID}/Calls/{sid}.json"
@@ -401,7 +402,7 @@ def test_hangup_in_progress_sends_completed(adapter: TwilioAdapter, fake: FakeTw
 
 def test_hangup_ringing_sends_canceled(adapter: TwilioAdapter, fake: FakeTwilio) -> None:
     sid = placed(fake, adapter, ["ringing"])
-    answer = adapter.hangup(sid, {})
+    answer = adapter.hangup(sid, None, {})
     assert answer.data == {"status": "canceled", "requested": "canceled"}
     assert fake.calls[sid].updates == ["canceled"]
 
@@ -409,7 +410,7 @@ def test_hangup_ringing_sends_canceled(adapter: TwilioAdapter, fake: FakeTwilio)
 def test_hangup_answered_during_cancel_then_completes(adapter: TwilioAdapter, fake: FakeTwilio) -> None:
     sid = placed(fake, adapter, ["ringing"])
     fake.cancel_result = "in-progress"
-    answer = adapter.hangup(sid, {})
+    answer = adapter.hangup(sid, None, {})
     assert answer.data == {"status": "completed", "requested": "completed"}
     assert fake.calls[sid].updates == ["canceled", "completed"]
 
@@ -417,20 +418,20 @@ def test_hangup_answered_during_cancel_then_completes(adapter: TwilioAdapter, fa
 @pytest.mark.parametrize("status", ["busy", "completed", "no-answer"])
 def test_hangup_of_an_ended_call_sends_nothing(adapter: TwilioAdapter, fake: FakeTwilio, status: str) -> None:
     sid = placed(fake, adapter, [status])
-    answer = adapter.hangup(sid, {})
+    answer = adapter.hangup(sid, None, {})
     assert "already ended" in answer.message and answer.data["status"] == status
     assert [r.method for r in fake.requests] == ["GET"]
 
 
 def test_hangup_is_idempotent(adapter: TwilioAdapter, fake: FakeTwilio) -> None:
     sid = placed(fake, adapter, ["in-progress"])
-    adapter.hangup(sid, {})
-    assert "already ended" in adapter.hangup(sid, {}).message
+    adapter.hangup(sid, None, {})
+    assert "already ended" in adapter.hangup(sid, None, {}).message
 
 
 def test_hangup_unknown_sid_is_a_clear_final_error(adapter: TwilioAdapter, fake: FakeTwilio) -> None:
     with pytest.raises(NotFound) as info:
-        adapter.hangup(CALL_SID, {})
+        adapter.hangup(CALL_SID, None, {})
     exc = info.value
     assert exc.message.startswith(f"Not found: no call {CALL_SID}") and exc.details["twilio_code"] == 20404
     assert exc.exit_code == 1
@@ -441,7 +442,7 @@ def test_hangup_unknown_sid_is_a_clear_final_error(adapter: TwilioAdapter, fake:
 
 def test_hangup_extras_refused(adapter: TwilioAdapter) -> None:
     with pytest.raises(InvalidInput, match="unknown key"):
-        adapter.hangup(CALL_SID, {"status": "canceled"})
+        adapter.hangup(CALL_SID, None, {"status": "canceled"})
 
 
 # number forms

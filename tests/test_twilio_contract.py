@@ -31,6 +31,7 @@ from werkzeug.datastructures import Headers, ImmutableMultiDict
 from bus.server import ServerEntry
 from tests.fake_twilio import ACCOUNT_SID, AUTH_TOKEN, FakeTwilio, Recorded
 from workers.adapters.twilio import TwilioAdapter
+from workers.testing import call_once
 
 TWILIO_ORIGIN = "https://api.twilio.com"  # the spec's `servers` entry for every path used here
 SPEC_FILES = ("twilio/twilio_api_v2010.json", "derived/twilio_api_v2010.form-arrays.json")
@@ -112,7 +113,7 @@ def test_account_fetch(spec: OpenAPI, adapter: TwilioAdapter, fake: FakeTwilio) 
 
 
 def test_call_create_with_default_twiml_and_fetches(spec: OpenAPI, adapter: TwilioAdapter, fake: FakeTwilio) -> None:
-    adapter.call("+15005550006", "+1 (415) 555-0100", "answered", {}, time.monotonic() + 5)
+    call_once(adapter, "+15005550006", "+1 (415) 555-0100", "answered", {}, time.monotonic() + 5)
     create = only(fake, "create")
     assert "Twiml" in create.form and "Timeout" in create.form
     check(spec, create)
@@ -123,7 +124,7 @@ def test_call_create_with_default_twiml_and_fetches(spec: OpenAPI, adapter: Twil
 
 
 def test_call_create_with_url(spec: OpenAPI, adapter: TwilioAdapter, fake: FakeTwilio) -> None:
-    adapter.call(
+    call_once(adapter,
         "client:alice", "sip:bob@example.com", "accepted", {"url": "https://example.com/t.xml"}, time.monotonic() + 5
     )
     create = only(fake, "create")
@@ -133,16 +134,16 @@ def test_call_create_with_url(spec: OpenAPI, adapter: TwilioAdapter, fake: FakeT
 
 def test_call_create_with_given_twiml(spec: OpenAPI, adapter: TwilioAdapter, fake: FakeTwilio) -> None:
     twiml = "<Response><Dial>+14155550199</Dial></Response>"
-    adapter.call("+15005550006", "+14155550100", "accepted", {"twiml": twiml}, time.monotonic() + 5)
+    call_once(adapter, "+15005550006", "+14155550100", "accepted", {"twiml": twiml}, time.monotonic() + 5)
     check(spec, only(fake, "create"))
 
 
 @pytest.mark.parametrize(("statuses", "sent"), [(["in-progress"], "completed"), (["ringing"], "canceled")])
 def test_call_update(spec: OpenAPI, adapter: TwilioAdapter, fake: FakeTwilio, statuses: list[str], sent: str) -> None:
     fake.statuses = statuses
-    sid = adapter.call("+15005550006", "+14155550100", "accepted", {}, time.monotonic() + 5).call_id
+    sid = call_once(adapter, "+15005550006", "+14155550100", "accepted", {}, time.monotonic() + 5).call_id
     assert sid
-    adapter.hangup(sid, {})
+    adapter.hangup(sid, None, {})
     update = only(fake, "update")
     assert update.form == {"Status": [sent]}
     check(spec, update)
@@ -153,7 +154,7 @@ def test_call_update(spec: OpenAPI, adapter: TwilioAdapter, fake: FakeTwilio, st
 
 
 def captured_create(adapter: TwilioAdapter, fake: FakeTwilio) -> Recorded:
-    adapter.call("+15005550006", "+14155550100", "accepted", {}, time.monotonic() + 5)
+    call_once(adapter, "+15005550006", "+14155550100", "accepted", {}, time.monotonic() + 5)
     return only(fake, "create")
 
 
@@ -181,9 +182,9 @@ def test_non_integer_timeout_fails_validation(spec: OpenAPI, adapter: TwilioAdap
 
 def test_bad_update_status_fails_validation(spec: OpenAPI, adapter: TwilioAdapter, fake: FakeTwilio) -> None:
     fake.statuses = ["in-progress"]
-    sid = adapter.call("+15005550006", "+14155550100", "accepted", {}, time.monotonic() + 5).call_id
+    sid = call_once(adapter, "+15005550006", "+14155550100", "accepted", {}, time.monotonic() + 5).call_id
     assert sid
-    adapter.hangup(sid, {})
+    adapter.hangup(sid, None, {})
     update = only(fake, "update")
     with pytest.raises(InvalidRequestBody):
         check(spec, replace(update, body=b"Status=hangup"), response=False)

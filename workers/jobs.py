@@ -9,11 +9,16 @@ when the server is down, re-queues itself for the next server of the pool. The r
 - auth failure: no retry on that server, breaker opened, failover (`call`);
 - call rejected: final, never failed over (another server would ring the same person again);
 - ambiguous: final for `call` ("outcome unknown"); `test`/`hangup` are idempotent and retry.
+
+A call is two steps on the adapter seam (workers.adapters.base): `originate` until the server
+accepted it, then `follow` until it is answered or refused. The rule that makes "never a call placed
+twice" hold lives here, once: a failure before acceptance keeps its class (and may be retried or failed
+over); once the server accepted, the CallRef is in the ledger and anything but a final answer is
+"outcome unknown", naming the server and the call.
 """
 
 from __future__ import annotations
 
-import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -22,24 +27,31 @@ from typing import Any
 from pydantic import ValidationError
 
 from bus import backoff
-from bus.errors import BusError, InvalidInput, NotFound, Outcome, OutcomeUnknown
+from bus.calls import CallRef
+from bus.errors import BusError, CallRejected, InvalidInput, NotFound, Outcome, OutcomeUnknown
 from bus.failover import candidates_left, next_server, pool_order
 from bus.health import CLOSED, HealthStore, MemoryHealth
+from bus.keys import reply as reply_key_for
 from bus.ledger import REQUEUED, LeaseKeeper, Ledger, MemoryLedger
 from bus.logging import get_logger
-from bus.models import BaseRequest, CallRequest, HangupRequest, JobResult, TestRequest, parse_request
+from bus.models import (
+    REQUEST_ID_RE,
+    BaseRequest,
+    CallRequest,
+    HangupRequest,
+    JobResult,
+    TestRequest,
+    parse_request,
+)
 from bus.registry import open_registry
 from bus.server import ServerEntry
-from workers.adapters import adapter_class
-from workers.adapters.base import Adapter, Answer
+from workers.adapters.base import Adapter, Answer, Until
+from workers.pool import POOL
 from workers.sip_check import with_sip_reachability
 
 log = get_logger("ifbus.job")
 
-_REQUEST_ID = re.compile(r"[A-Za-z0-9_-]{8,64}")
-
-# Adapters kept between jobs of one worker process, so keep-alive connections are reused.
-_adapters: dict[str, tuple[ServerEntry, Adapter]] = {}
+_OPS = ("test", "call", "hangup")
 
 
 @dataclass
@@ -81,13 +93,15 @@ def run(payload: dict[str, Any]) -> dict[str, Any]:
 def execute(payload: Any, mode: str = "inline", context: Context | None = None) -> dict[str, Any]:
     """Serve one request; every failure becomes a JobResult, never an exception."""
     context = context or inline_context()
-    request_id = payload.get("request_id", "") if isinstance(payload, dict) else ""
-    reply_key = payload.get("reply_key") if isinstance(payload, dict) else None
+    fields = payload if isinstance(payload, dict) else {}
+    request_id, reply_key, op = fields.get("request_id"), fields.get("reply_key"), fields.get("op")
     try:
         request = parse_request(payload)
     except ValidationError as exc:
-        result = _result(str(request_id), "test", "", InvalidInput(_validation_message(exc)), {}, {}, mode)
-        if isinstance(request_id, str) and _REQUEST_ID.fullmatch(request_id) and isinstance(reply_key, str):
+        answerable = isinstance(request_id, str) and REQUEST_ID_RE.fullmatch(request_id)
+        op = op if op in _OPS else "test"
+        result = _result(request_id if answerable else "", op, "", InvalidInput(_validation_message(exc)), {}, {}, mode)
+        if answerable and isinstance(reply_key, str) and reply_key == reply_key_for(request_id):
             context.ledger.finish(request_id, result, reply_key)  # the caller still gets its one answer
         return result
     served = _serve(request, context, mode)
@@ -117,7 +131,7 @@ def _serve(request: BaseRequest, context: Context, mode: str) -> tuple[dict[str,
                 return _exhausted(request, attempts, errors, last or Outcome.UNREACHABLE, mode), None
             keeper.hold(server)
             try:
-                answer = _attempt(_adapter(server, entries[server]), request, attempts, deadline, context)
+                answer = _attempt(POOL.get(server, entries[server]), request, attempts, deadline, context)
             except BusError as exc:
                 if not _fails_over(request, exc):
                     raise
@@ -134,8 +148,6 @@ def _serve(request: BaseRequest, context: Context, mode: str) -> tuple[dict[str,
                     context.requeue(request.model_copy(update=routing))
                     return None
                 continue
-            if isinstance(request, CallRequest) and answer.call_id:
-                context.ledger.remember_call(answer.call_id, server)
             log.info("job.done", request_id=request.request_id, op=request.op, server=server, call_id=answer.call_id)
             return JobResult(
                 request_id=request.request_id,
@@ -168,9 +180,9 @@ def _choose(request: BaseRequest, entries: dict[str, ServerEntry], tried: list[s
     if tried:
         return None
     if isinstance(request, HangupRequest):
-        carrier = context.ledger.call_server(request.call_id)
-        if carrier and carrier in entries and carrier in pool_order(entries, request.server):
-            return carrier  # the server that really carries the call, whichever pool member was named
+        ref = context.ledger.call_ref(request.call_id)
+        if ref and ref.server in entries and ref.server in pool_order(entries, request.server):
+            return ref.server  # the server that really carries the call, whichever pool member was named
     return request.server
 
 
@@ -212,23 +224,79 @@ def _perform(adapter: Adapter, request: BaseRequest, deadline: float, context: C
         return with_sip_reachability(adapter, adapter.test())
     if isinstance(request, CallRequest):
         adapter.check_extras(request.extras, adapter.call_extras, "call")
-        holder = context.ledger.claim_send(request.request_id, adapter.name)
-        if holder is not None:
-            raise OutcomeUnknown(
-                f"request {request.request_id} was already sent to {holder} by an earlier run (a worker stopped "
-                f"mid-call?); it is not sent again: check {holder} for the call",
-                server=holder,
-            )
-        try:
-            return adapter.call(request.from_, request.to, request.until, dict(request.extras), deadline)
-        except BusError as exc:
-            if exc.outcome.transient or exc.outcome is Outcome.AUTH:
-                context.ledger.release_send(request.request_id)  # refused, nothing placed: sending again is safe
-            raise
+        return place_call(
+            adapter, context.ledger, request.request_id, request.from_, request.to, request.until,
+            dict(request.extras), deadline,
+        )  # fmt: skip
     if isinstance(request, HangupRequest):
         adapter.check_extras(request.extras, adapter.hangup_extras, "hangup")
-        return adapter.hangup(request.call_id, dict(request.extras))
+        ref = context.ledger.call_ref(request.call_id)
+        mine = ref if ref is not None and ref.server == adapter.name else None
+        return adapter.hangup(request.call_id, mine, dict(request.extras))
     raise InvalidInput(f"unknown operation {request!r}")
+
+
+def place_call(
+    adapter: Adapter,
+    ledger: Ledger,
+    request_id: str,
+    from_: str,
+    to: str,
+    until: Until,
+    extras: dict[str, str],
+    deadline: float,
+) -> Answer:
+    """originate, record, follow: the one place the after-acceptance rule is applied."""
+    holder = ledger.claim_send(request_id, adapter.name)
+    if holder is not None:
+        raise OutcomeUnknown(
+            f"request {request_id} was already sent to {holder} by an earlier run (a worker stopped "
+            f"mid-call?); it is not sent again: check {holder} for the call",
+            server=holder,
+        )
+    try:
+        ref = adapter.originate(from_, to, extras, deadline)
+    except BusError as exc:
+        if exc.outcome.transient or exc.outcome is Outcome.AUTH:
+            ledger.release_send(request_id)  # refused, nothing placed: sending again is safe
+        raise
+    except Exception as exc:  # a bug after the request may have left: never treat it as "nothing happened"
+        raise OutcomeUnknown(
+            f"{adapter.name}: the call request failed in an unexpected way ({type(exc).__name__}); "
+            f"it may have been placed: check {adapter.name} before trying again",
+            server=adapter.name,
+        ) from exc
+    ledger.record_call(ref)
+    if until == "accepted":
+        return adapter.accepted(ref)
+    try:
+        answer = adapter.follow(ref, deadline)
+    except CallRejected as exc:
+        exc.details.setdefault("server", adapter.name)
+        if ref.call_id:
+            exc.details.setdefault("call_id", ref.call_id)
+        raise
+    except Exception as exc:
+        raise _after_acceptance(adapter, ref, exc) from None
+    if answer.call_id and answer.call_id not in ref.names():
+        ledger.record_call(CallRef(ref.server, answer.call_id, ref.handle))
+    return answer
+
+
+def _after_acceptance(adapter: Adapter, ref: CallRef, exc: Exception) -> OutcomeUnknown:
+    """Whatever broke while following an accepted call, it may be ringing: outcome unknown, with
+    the server and the id to hang up with."""
+    details = {**ref.handle, "server": adapter.name, "call_id": ref.call_id}
+    if isinstance(exc, OutcomeUnknown):
+        for key, value in details.items():
+            exc.details.setdefault(key, value)
+        return exc
+    why = exc.message if isinstance(exc, BusError) else f"{type(exc).__name__}: {exc}"
+    return OutcomeUnknown(
+        f"{adapter.name} accepted the call ({ref.label}) but following it failed: {why}; it may still connect: "
+        f"end it with `ifbus hangup sip {adapter.name} call_id={ref.label}` if needed",
+        **details,
+    )
 
 
 def _exhausted(
@@ -250,33 +318,10 @@ def _deadline(request: BaseRequest) -> float:
 
 def _requeue(redis: Any, request: BaseRequest) -> None:
     """Put the job back on its vendor queue; the worker that takes it picks the next server."""
-    from rq import Queue
-    from rq.serializers import JSONSerializer
+    from bus.queues import enqueue
 
-    from bus.queues import JOB_FUNCTION, queue_name
-    from bus.registry import open_registry as registry
-
-    vendor_type = registry().get(request.server).type
-    hop = len(request.tried)
-    Queue(queue_name(vendor_type), connection=redis, serializer=JSONSerializer).enqueue(
-        JOB_FUNCTION,
-        request.model_dump(mode="json", by_alias=True),
-        job_id=f"{request.request_id}-hop{hop}",
-        job_timeout=int(request.timeout) + 30,
-        result_ttl=0,
-        failure_ttl=24 * 3600,
-    )
-
-
-def _adapter(name: str, entry: ServerEntry) -> Adapter:
-    cached = _adapters.get(name)
-    if cached is not None and cached[0] == entry:
-        return cached[1]
-    if cached is not None:
-        cached[1].close()
-    adapter = adapter_class(entry.type)(name, entry)
-    _adapters[name] = (entry, adapter)
-    return adapter
+    vendor_type = open_registry().get(request.server).type
+    enqueue(redis, vendor_type, request, job_id=f"{request.request_id}-hop{len(request.tried)}")
 
 
 def _result(
@@ -293,7 +338,7 @@ def _result(
         message += " (attempts: " + ", ".join(f"{name} ×{count}" for name, count in attempts.items()) + ")"
     return JobResult(
         request_id=request_id or "invalid",
-        op=op if op in ("test", "call", "hangup") else "test",
+        op=op if op in _OPS else "test",
         server=str(exc.details.get("server") or server),
         outcome=exc.outcome,
         exit_code=exc.exit_code,

@@ -9,11 +9,12 @@ from __future__ import annotations
 import threading
 from typing import Any
 
+from bus import keys
 from bus.errors import BusError
 from bus.health import OPEN, RedisHealth
 from bus.logging import get_logger
 from bus.registry import open_registry
-from workers.adapters import adapter_class
+from workers.pool import POOL
 
 log = get_logger("ifbus.prober")
 
@@ -25,13 +26,13 @@ class Prober(threading.Thread):
         self.types = set(types)
         self.interval = interval
         self.health = RedisHealth(redis)
-        self._stop = threading.Event()
+        self._stopped = threading.Event()
 
     def stop(self) -> None:
-        self._stop.set()
+        self._stopped.set()
 
     def run(self) -> None:
-        while not self._stop.wait(self.interval):
+        while not self._stopped.wait(self.interval):
             try:
                 self.probe_once()
             except Exception as exc:  # the prober must outlive a registry or Redis hiccup
@@ -45,10 +46,9 @@ class Prober(threading.Thread):
         for name, entry in entries.items():
             if states[name].state != OPEN:
                 continue
-            lock = f"ifbus:probe:{name}"
-            if not self.redis.set(lock, "1", nx=True, px=max(1, int(self.interval * 1000))):
+            if not self.redis.set(keys.probe(name), "1", nx=True, px=max(1, int(self.interval * 1000))):
                 continue
-            adapter = adapter_class(entry.type)(name, entry)
+            adapter = POOL.get(name, entry)  # the worker's own session: a probe pays no extra login
             try:
                 adapter.test()
             except BusError as exc:
@@ -61,6 +61,4 @@ class Prober(threading.Thread):
                 self.health.success(name)
                 outcome[name] = "closed"
                 log.info("probe.recovered", server=name)
-            finally:
-                adapter.close()
         return outcome

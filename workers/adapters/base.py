@@ -1,19 +1,32 @@
 """The vendor seam: what every adapter does, whatever protocol it speaks.
 
-Adapters turn `test`, `call` and `hangup` into their vendor's API calls and raise only
-`bus.errors` exceptions, each in exactly one outcome class, so retry and failover rules live in
-one place (workers.jobs) instead of seven.
+A click-to-call has two halves with different failure rules, so adapters expose them separately:
+
+- `originate(...) -> CallRef` returns as soon as the server *accepted* the call (or raises: a refusal
+  before acceptance keeps its class — unreachable and overloaded are retried, auth fails over, a SIP
+  refusal is final; a request that left us and got no answer is `OutcomeUnknown`).
+- `follow(ref, deadline) -> Answer` waits for the call's setup outcome: answered → `Answer`; refused
+  by a party → `CallRejected`. Anything else it raises, workers.jobs turns into "outcome unknown"
+  naming the server and the call: once the server accepted, nothing is ever retried.
+
+The rule lives once, in workers.jobs; adapters only say what happened. A server's connection
+lifetime (log in once, keep-alive, reconnect) lives in its `Session`, one per server per worker
+process, owned by workers.pool.AdapterPool, which closes them on shutdown.
 """
 
 from __future__ import annotations
 
 import abc
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
+from bus.calls import CallRef
 from bus.errors import AuthFailed, InvalidInput
 from bus.server import ServerEntry
 from bus.vendors import vendor
+
+Until = Literal["answered", "accepted"]
+__all__ = ["Adapter", "Answer", "CallRef", "Session", "Until"]
 
 
 @dataclass
@@ -25,8 +38,32 @@ class Answer:
     data: dict[str, Any] = field(default_factory=dict)
 
 
+class Session(abc.ABC):
+    """One server's connection lifetime in one worker process.
+
+    `open` connects and logs in, raising `AuthFailed` or `Unreachable` (nothing was sent); `alive`
+    says whether the connection can carry a request now; `close` releases it. Adapters call
+    `ensure()` before each operation, so a dropped session is re-opened on the next job — the
+    retry policy of workers.jobs decides how often.
+    """
+
+    @abc.abstractmethod
+    def open(self) -> None: ...
+
+    @abc.abstractmethod
+    def alive(self) -> bool: ...
+
+    @abc.abstractmethod
+    def close(self) -> None: ...
+
+    def ensure(self) -> None:
+        if not self.alive():
+            self.close()
+            self.open()
+
+
 class Adapter(abc.ABC):
-    """One server of one vendor type; a worker keeps it between jobs to reuse its connections."""
+    """One server of one vendor type; a worker keeps it (and its session) between jobs."""
 
     type: ClassVar[str]
     #: extra `key=value` words `call` accepts beyond from/to (e.g. Twilio's twiml=, url=).
@@ -34,6 +71,7 @@ class Adapter(abc.ABC):
     hangup_extras: ClassVar[frozenset[str]] = frozenset()
 
     def __init__(self, name: str, entry: ServerEntry) -> None:
+        """No I/O here: a session opens on first use."""
         self.name = name
         self.entry = entry
         self.options = entry.effective_options
@@ -43,19 +81,41 @@ class Adapter(abc.ABC):
         """Reach the management API and prove the credentials work; report the server's version."""
 
     @abc.abstractmethod
-    def call(self, from_: str, to: str, until: str, extras: dict[str, str], deadline: float) -> Answer:
-        """Place a click-to-call. With until='answered', wait (not past `deadline`, a
-        time.monotonic() value) for the setup outcome: answered → Answer with call_id; refused →
-        CallRejected with the SIP code. With until='accepted', return once the server took it."""
+    def originate(self, from_: str, to: str, extras: dict[str, str], deadline: float) -> CallRef:
+        """Ask the server to place the call; return once it accepted (see the module docstring).
+        `deadline` is a time.monotonic() value no wait may pass."""
 
     @abc.abstractmethod
-    def hangup(self, call_id: str, extras: dict[str, str]) -> Answer:
-        """End the call `call` returned; idempotent, so a retry is always safe."""
+    def follow(self, ref: CallRef, deadline: float) -> Answer:
+        """Wait (not past `deadline`) for the setup outcome of a call this adapter's server accepted:
+        answered → Answer with the call id; refused by a party → CallRejected with its SIP code."""
+
+    @abc.abstractmethod
+    def hangup(self, call_id: str, ref: CallRef | None, extras: dict[str, str]) -> Answer:
+        """End a call. `ref` is the ledger's record when the bus placed it (else None: the user's id
+        alone). Idempotent: a call that already ended answers `self.already_ended(...)`."""
+
+    def accepted(self, ref: CallRef) -> Answer:
+        """The answer for `--until accepted`: the server took the call, nobody waited for it to ring."""
+        return Answer(
+            f"Call accepted by {self.name} ({self.type}): {ref.label}",
+            call_id=ref.call_id,
+            data=dict(ref.handle),
+        )
 
     def close(self) -> None:  # noqa: B027 - optional hook: adapters without connections have nothing to close
-        """Release connections."""
+        """Release the session."""
 
     # Helpers shared by adapters.
+
+    def already_ended(self, call_id: str, detail: str = "") -> Answer:
+        """One rule for every vendor: hanging up a call that is over reached its goal (exit 0)."""
+        suffix = f" ({detail})" if detail else ""
+        return Answer(
+            f"Call {call_id} had already ended on {self.name}{suffix}",
+            call_id=call_id,
+            data={"already_ended": True},
+        )
 
     def option_float(self, key: str) -> float:
         try:

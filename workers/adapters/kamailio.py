@@ -19,12 +19,11 @@ import time
 import uuid
 from typing import Any
 
-import httpx
-
-from bus.errors import BusError, CallRejected, InvalidInput, NotFound, OutcomeUnknown
-from bus.sip import reason_phrase, sip_uri, with_uri_param
+from bus.calls import CallRef
+from bus.errors import CallRejected, InvalidInput, NotFound, OutcomeUnknown
+from bus.sip import for_vendor, reason_phrase, with_uri_param
 from workers.adapters.base import Adapter, Answer
-from workers.http import make_client, send
+from workers.transports.http import HttpSession, make_client, path_option, send, server_url
 
 HTABLE = "c2c"
 POLL_SECONDS = 0.02
@@ -45,7 +44,7 @@ class KamailioAdapter(Adapter):
 
     def __init__(self, name: str, entry: Any) -> None:
         super().__init__(name, entry)
-        self._client: httpx.Client | None = None
+        self.session = HttpSession(self._client)
         self._ids = itertools.count(1)
 
     # ------------------------------------------------------------ operations
@@ -56,55 +55,20 @@ class KamailioAdapter(Adapter):
         data = {"server": version, "version": parts[1] if len(parts) > 1 else version}
         return Answer(version, data=data)
 
-    def call(self, from_: str, to: str, until: str, extras: dict[str, str], deadline: float) -> Answer:
+    def originate(self, from_: str, to: str, extras: dict[str, str], deadline: float) -> CallRef:
         domain = self.entry.auth.get("realm") or self.entry.host or "127.0.0.1"
         track = uuid.uuid4().hex[:16]
-        a_uri = with_uri_param(sip_uri(from_, domain), HTABLE, track)
-        b_uri = "<" + with_uri_param(sip_uri(to, domain), HTABLE, track) + ">"  # <…> keeps the param in Refer-To
+        a_uri = with_uri_param(for_vendor(from_, "kamailio", role="from", domain=domain), HTABLE, track)
+        b_uri = with_uri_param(for_vendor(to, "kamailio", role="to", domain=domain), HTABLE, track)
         try:
-            self._rpc("dlg.bridge_dlg", a_uri, b_uri)
+            self._rpc("dlg.bridge_dlg", a_uri, f"<{b_uri}>", deadline=deadline)  # <…> keeps the param in Refer-To
         except RpcError as exc:
             raise self._rpc_problem("dlg.bridge_dlg", exc) from None
-        if until == "accepted":
-            return Answer(
-                f"Call requested on {self.name} (tracking id {track})",
-                data={"tracking_id": track, "from": a_uri, "to": b_uri},
-            )
-        try:
-            return self._follow(track, deadline)
-        except (CallRejected, OutcomeUnknown):
-            raise
-        except BusError as exc:
-            # The bridge request was accepted: whatever broke while watching it, a call may be
-            # ringing, so this must never look like "nothing happened" (which would be retried).
-            raise OutcomeUnknown(
-                f"{self.name} accepted the call (tracking id {track}) but following it failed: {exc.message}",
-                tracking_id=track,
-                server=self.name,
-            ) from None
+        return CallRef(self.name, None, {"tracking_id": track})
 
-    def hangup(self, call_id: str, extras: dict[str, str]) -> Answer:
-        dialogs = [d for d in self._dialogs(call_id) if d.get("state") in CONFIRMED_STATES]
-        if not dialogs:
-            raise NotFound(f"Not found: no active call {call_id} on {self.name}", call_id=call_id)
-        for dialog in dialogs:
-            try:
-                # h_entry/h_id must be JSON numbers: as strings Kamailio answers 404 (kamailio-lab.md §7.11).
-                self._rpc("dlg.end_dlg", int(dialog["h_entry"]), int(dialog["h_id"]))
-            except RpcError as exc:
-                if exc.code != 404:  # ended meanwhile: the goal is reached
-                    raise self._rpc_problem("dlg.end_dlg", exc) from None
-        return Answer(f"Hung up {call_id} on {self.name}", call_id=call_id, data={"dialogs": len(dialogs)})
-
-    def close(self) -> None:
-        if self._client is not None:
-            self._client.close()
-            self._client = None
-
-    # ------------------------------------------------------------ outcome tracking
-
-    def _follow(self, track: str, deadline: float) -> Answer:
+    def follow(self, ref: CallRef, deadline: float) -> Answer:
         """Poll the htable until the call connects, a leg fails, or a timer says nobody answered."""
+        track = ref.handle["tracking_id"]
         fr_timer = self.option_float("fr_timer") + TIMER_MARGIN_SECONDS
         started = time.monotonic()
         b_since: float | None = None
@@ -144,6 +108,33 @@ class KamailioAdapter(Adapter):
                 )
             time.sleep(POLL_SECONDS)
 
+    def hangup(self, call_id: str, ref: CallRef | None, extras: dict[str, str]) -> Answer:
+        sip_call_id = call_id
+        if ref is not None and call_id == ref.handle.get("tracking_id"):
+            # The call ended "outcome unknown" before it connected: its Call-ID, if it ever connected.
+            found = self._htable(f"{call_id}::b::callid")
+            if found is None:
+                return self.already_ended(call_id, "it never connected")
+            sip_call_id = str(found)
+        dialogs = [d for d in self._dialogs(sip_call_id) if d.get("state") in CONFIRMED_STATES]
+        if not dialogs:
+            if ref is not None:  # the bus placed it here, and no live dialog is left: it is over
+                return self.already_ended(call_id)
+            raise NotFound(f"Not found: no active call {call_id} on {self.name}", call_id=call_id)
+        for dialog in dialogs:
+            try:
+                # h_entry/h_id must be JSON numbers: as strings Kamailio answers 404 (kamailio-lab.md §7.11).
+                self._rpc("dlg.end_dlg", int(dialog["h_entry"]), int(dialog["h_id"]))
+            except RpcError as exc:
+                if exc.code != 404:  # ended meanwhile: the goal is reached
+                    raise self._rpc_problem("dlg.end_dlg", exc) from None
+        return Answer(f"Hung up {call_id} on {self.name}", call_id=call_id, data={"dialogs": len(dialogs)})
+
+    def close(self) -> None:
+        self.session.close()
+
+    # ------------------------------------------------------------ outcome tracking
+
     def _code(self, key: str) -> int | None:
         value = self._htable(key)
         try:
@@ -173,11 +164,12 @@ class KamailioAdapter(Adapter):
 
     # ------------------------------------------------------------ JSON-RPC
 
-    def _rpc(self, method: str, *params: Any) -> Any:
+    def _rpc(self, method: str, *params: Any, deadline: float | None = None) -> Any:
         body: dict[str, Any] = {"jsonrpc": "2.0", "method": method, "id": next(self._ids)}
         if params:
             body["params"] = list(params)  # positional: "only the order of the values" matters
-        response = send(self._http(), self.name, "POST", self.options["path"], json=body)
+        path = path_option(self.name, "path", self.options["path"])
+        response = send(self.session.client, self.name, "POST", path, json=body, deadline=deadline)
         if response.status_code in (401, 403):
             raise self.auth_failed(f"HTTP {response.status_code} from JSON-RPC")
         try:
@@ -202,20 +194,12 @@ class KamailioAdapter(Adapter):
             )
         return InvalidInput(f"{self.name}: {method} failed: {exc.code} {exc.message}")
 
-    def _http(self) -> httpx.Client:
-        if self._client is None:
-            token = self.entry.auth.get("token")
-            headers = {"Authorization": f"Bearer {token}"} if token else {}
-            scheme = self.options.get("scheme", "http")
-            base = f"{scheme}://{_host_for_url(self.entry.host or '127.0.0.1')}:{self.entry.effective_port}"
-            self._client = make_client(
-                base,
-                self.option_float("connect_timeout"),
-                self.option_float("read_timeout"),
-                headers=headers,
-            )
-        return self._client
-
-
-def _host_for_url(host: str) -> str:
-    return f"[{host}]" if ":" in host and not host.startswith("[") else host
+    def _client(self) -> Any:
+        token = self.entry.auth.get("token")
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        base = server_url(
+            self.name, self.options.get("scheme", "http"), self.entry.host or "127.0.0.1", self.entry.effective_port
+        )
+        return make_client(
+            base, self.option_float("connect_timeout"), self.option_float("read_timeout"), headers=headers
+        )

@@ -19,7 +19,6 @@ Public behaviour (tables, timings): docs/twilio.md.
 
 from __future__ import annotations
 
-import ipaddress
 import math
 import re
 import time
@@ -28,14 +27,16 @@ from urllib.parse import urlsplit
 
 import httpx
 
+from bus.calls import CallRef
 from bus.errors import BusError, CallRejected, InvalidInput, NotFound, OutcomeUnknown, Overloaded, Unreachable
 from bus.server import ServerEntry
-from bus.sip import E164_RE, reason_phrase, twilio_endpoint
+from bus.sip import E164_RE, for_vendor, reason_phrase
 from bus.validate import check_value, show
 from workers.adapters.base import Adapter, Answer
-from workers.http import make_client, send
+from workers.transports.http import HttpSession, base_url_option, make_client, send
 
 API = "/2010-04-01"
+DEFAULT_BASE_URL = "https://api.twilio.com"
 USER_AGENT = "ifbus-sip"
 
 # OpenAPI path parameter patterns (AccountSid / Sid of the Calls paths).
@@ -108,7 +109,7 @@ class TwilioAdapter(Adapter):
 
     def __init__(self, name: str, entry: ServerEntry) -> None:
         super().__init__(name, entry)
-        self._client: httpx.Client | None = None
+        self.session = HttpSession(self._client)
 
     # Operations
 
@@ -120,8 +121,8 @@ class TwilioAdapter(Adapter):
         body = _json_object(response)
         if body is None or body.get("sid") != account_sid:
             raise InvalidInput(
-                f"{self.name}: {self._base_url()} answered HTTP 200 without the Twilio account {account_sid}: "
-                "check option base_url",
+                f"{self.name}: {self.session.client.base_url} answered HTTP 200 without the Twilio account "
+                f"{account_sid}: check option base_url",
                 server=self.name,
             )
         friendly = self._clean(body.get("friendly_name")) or account_sid
@@ -132,21 +133,19 @@ class TwilioAdapter(Adapter):
             data={"sid": account_sid, "friendly_name": friendly, "status": status, "type": kind},
         )
 
-    def call(self, from_: str, to: str, until: str, extras: dict[str, str], deadline: float) -> Answer:
+    def originate(self, from_: str, to: str, extras: dict[str, str], deadline: float) -> CallRef:
         # Everything is checked before the one request that may place a call.
         self.check_extras(extras, self.call_extras, "call")
-        if until not in ("answered", "accepted"):
-            raise InvalidInput(f"until={until!r}: expected 'answered' or 'accepted'")
         account_sid = self._account_sid()
-        form = {"To": twilio_endpoint(to, "to"), "From": twilio_endpoint(from_, "from")}
+        form = {"To": for_vendor(to, "twilio", role="to"), "From": for_vendor(from_, "twilio", role="from")}
         form.update(self._instructions(extras))
         answer_timeout = self._positive("answer_timeout", None)
-        poll_interval = self._positive("poll_interval", DEFAULT_POLL_INTERVAL)
+        self._positive("poll_interval", DEFAULT_POLL_INTERVAL)
         form["Timeout"] = str(min(RING_TIMEOUT_MAX, max(1, math.ceil(answer_timeout))))
-        self._http()
+        self.session.ensure()
 
-        started = time.monotonic()
-        response = self._send("POST", f"{API}/Accounts/{account_sid}/Calls.json", data=form)
+        started = time.time()
+        response = self._send("POST", f"{API}/Accounts/{account_sid}/Calls.json", data=form, deadline=deadline)
         if response.status_code not in (200, 201):
             raise self._error(response, "create")
         body = _json_object(response) or {}
@@ -158,27 +157,25 @@ class TwilioAdapter(Adapter):
                 server=self.name,
             )
         status = self._clean(body.get("status")) or "queued"
-        queue_time = _seconds(body.get("queue_time"))
-        if until == "accepted":
-            return Answer(
-                f"Call {call_sid} accepted by Twilio ({status})",
-                call_id=call_sid,
-                data={"status": status, "queue_time_s": queue_time},
-            )
-        window = queue_time + answer_timeout + RING_GRACE + poll_interval
-        return self._follow(call_sid, status, min(deadline, started + window), poll_interval)
+        # When to stop following, as wall-clock time: the CallRef may be followed by another process.
+        window = _seconds(body.get("queue_time")) + answer_timeout + RING_GRACE
+        return CallRef(self.name, call_sid, {"status": status, "settle_by": f"{started + window:.3f}"})
 
-    def hangup(self, call_id: str, extras: dict[str, str]) -> Answer:
+    def follow(self, ref: CallRef, deadline: float) -> Answer:
+        assert ref.call_id is not None
+        poll_interval = self._positive("poll_interval", DEFAULT_POLL_INTERVAL)
+        settle_by = time.monotonic() + float(ref.handle["settle_by"]) - time.time() + poll_interval
+        return self._follow(ref.call_id, ref.handle.get("status", "queued"), min(deadline, settle_by), poll_interval)
+
+    def hangup(self, call_id: str, ref: CallRef | None, extras: dict[str, str]) -> Answer:
         self.check_extras(extras, self.hangup_extras, "hangup")
         account_sid = self._account_sid()
         call_sid = self._call_sid(call_id)
         status = self._fetch_status(account_sid, call_sid)
         if status in ENDED:
-            return Answer(
-                f"Call {call_sid} had already ended ({status})",
-                call_id=call_sid,
-                data={"status": status, "requested": None},
-            )
+            answer = self.already_ended(call_sid, status)
+            answer.data.update(status=status, requested=None)
+            return answer
         # canceled ends a queued/ringing call; completed is needed once it is in progress (vendors.md §5.1).
         requested = "canceled" if status in PENDING else "completed"
         new_status = self._update(account_sid, call_sid, requested)
@@ -193,9 +190,7 @@ class TwilioAdapter(Adapter):
         )
 
     def close(self) -> None:
-        if self._client is not None:
-            self._client.close()
-            self._client = None
+        self.session.close()
 
     # Following a placed call
 
@@ -222,14 +217,6 @@ class TwilioAdapter(Adapter):
                 pause = max(poll_interval, exc.retry_after or 0.0)
             except (Unreachable, OutcomeUnknown) as exc:
                 last_error = exc.message
-            except BusError as exc:
-                # Auth revoked, call unknown, …: the call exists, so this is never a retryable class.
-                raise OutcomeUnknown(
-                    f"{self.name}: call {call_sid} was placed but its progress cannot be read ({exc.message}); "
-                    f"end it with `ifbus hangup sip {self.name} call_id={call_sid}` if needed",
-                    call_id=call_sid,
-                    server=self.name,
-                ) from None
 
     def _settle(self, call_sid: str, status: str) -> Answer | None:
         if status == "in-progress":
@@ -281,20 +268,18 @@ class TwilioAdapter(Adapter):
         return status
 
     def _send(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
-        return send(self._http(), self.name, method, path, **kwargs)
+        return send(self.session.client, self.name, method, path, **kwargs)
 
-    def _http(self) -> httpx.Client:
-        if self._client is None:
-            account_sid = self._account_sid()
-            token = self.require_auth("auth_token")["auth_token"]
-            self._client = make_client(
-                self._base_url(),
-                self.option_float("connect_timeout"),
-                self.option_float("read_timeout"),
-                auth=httpx.BasicAuth(account_sid, token),
-                headers={"Accept": "application/json", "User-Agent": USER_AGENT},
-            )
-        return self._client
+    def _client(self) -> httpx.Client:
+        account_sid = self._account_sid()
+        token = self.require_auth("auth_token")["auth_token"]
+        return make_client(
+            base_url_option(self.name, self.options.get("base_url") or DEFAULT_BASE_URL, DEFAULT_BASE_URL),
+            self.option_float("connect_timeout"),
+            self.option_float("read_timeout"),
+            auth=httpx.BasicAuth(account_sid, token),
+            headers={"Accept": "application/json", "User-Agent": USER_AGENT},
+        )
 
     def _error(self, response: httpx.Response, op: str, call_sid: str | None = None) -> BusError:
         """Twilio's error body {code, message, more_info, status} → one outcome class."""
@@ -373,18 +358,6 @@ class TwilioAdapter(Adapter):
             raise InvalidInput(f"{self.name}: option {key}={raw!r} must be a positive number of seconds")
         return value
 
-    def _base_url(self) -> str:
-        url = self.options.get("base_url") or "https://api.twilio.com"
-        parts = urlsplit(url)
-        if parts.scheme not in ("http", "https") or not parts.hostname or parts.query or parts.fragment or "@" in url:
-            raise InvalidInput(f"{self.name}: option base_url={show(url)}: expected e.g. https://api.twilio.com")
-        if parts.scheme == "http" and not _loopback(parts.hostname):
-            raise InvalidInput(
-                f"{self.name}: option base_url={show(url)}: plain http would send the auth token in clear; "
-                "use https:// (http is accepted only for 127.0.0.1, ::1 and localhost)"
-            )
-        return url.rstrip("/")
-
     def _clean(self, value: object, limit: int = 64) -> str:
         """Server text fit for a message: a bounded single line, never containing the auth token."""
         if not isinstance(value, str):
@@ -411,12 +384,3 @@ def _seconds(queue_time_ms: object) -> float:
     except ValueError:
         return 0.0
     return value if math.isfinite(value) and value > 0 else 0.0
-
-
-def _loopback(host: str) -> bool:
-    if host.lower() == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False

@@ -1,0 +1,74 @@
+"""Every name the bus uses on Redis, in one place (as arq keeps its keys in one `constants` module).
+
+| key / name                    | type   | written by | expires        | what for                                    |
+|-------------------------------|--------|------------|----------------|---------------------------------------------|
+| `sip.<type>` (RQ queue)       | RQ     | producer   | RQ's own       | jobs for `ifbus worker <type>`              |
+| `ifbus:reply:<request_id>`    | list   | worker     | REPLY_TTL      | the one JobResult a caller BLPOPs           |
+| `ifbus:request:<request_id>`  | string | producer   | DEDUP          | a re-submitted request is not re-queued     |
+| `ifbus:result:<request_id>`   | string | worker     | DEDUP          | the final JobResult, for late waiters       |
+| `ifbus:waiters:<request_id>`  | set    | producer   | DEDUP          | reply keys of duplicate submitters          |
+| `ifbus:sent:<request_id>`     | string | worker     | DEDUP          | where an originate went (never twice)       |
+| `ifbus:lease:<request_id>`    | string | worker     | LEASE, renewed | a live worker holds the request             |
+| `ifbus:call:<call id>`        | string | worker     | CALL           | the CallRef JSON: who carries the call      |
+| `ifbus:health:<server>`       | hash   | worker     | none           | the server's breaker                        |
+| `ifbus:health:<server>:trial` | string | worker     | cool-down      | one half-open trial at a time               |
+| `ifbus:probe:<server>`        | string | prober     | probe interval | one probe per server per period             |
+
+Durations (seconds) live in bus.ledger / bus.health beside the rules that need them.
+"""
+
+from __future__ import annotations
+
+PREFIX = "ifbus:"
+QUEUE_PREFIX = "sip."
+REPLY_PREFIX = PREFIX + "reply:"
+REPLY_TTL_SECONDS = 300
+
+
+def queue(type_: str) -> str:
+    return QUEUE_PREFIX + type_
+
+
+def queue_type(name: str) -> str:
+    """The vendor type a queue name serves (`sip.kamailio` → `kamailio`)."""
+    return name.removeprefix(QUEUE_PREFIX)
+
+
+def reply(request_id: str) -> str:
+    return REPLY_PREFIX + request_id
+
+
+def request(request_id: str) -> str:
+    return f"{PREFIX}request:{request_id}"
+
+
+def result(request_id: str) -> str:
+    return f"{PREFIX}result:{request_id}"
+
+
+def waiters(request_id: str) -> str:
+    return f"{PREFIX}waiters:{request_id}"
+
+
+def sent(request_id: str) -> str:
+    return f"{PREFIX}sent:{request_id}"
+
+
+def lease(request_id: str) -> str:
+    return f"{PREFIX}lease:{request_id}"
+
+
+def call(call_id: str) -> str:
+    return f"{PREFIX}call:{call_id}"
+
+
+def health(server: str) -> str:
+    return f"{PREFIX}health:{server}"
+
+
+def health_trial(server: str) -> str:
+    return health(server) + ":trial"
+
+
+def probe(server: str) -> str:
+    return f"{PREFIX}probe:{server}"
