@@ -60,7 +60,21 @@ VENDORS: Mapping[str, Vendor] = MappingProxyType(
     {
         v.type: v
         for v in (
-            Vendor("asterisk", "Asterisk (AMI)", "pbx", ("user", "secret"), ("secret",), 5038),
+            Vendor(
+                "asterisk",
+                "Asterisk (AMI)",
+                "pbx",
+                ("user", "secret"),
+                ("secret",),
+                5038,
+                # answer_timeout 30 s is Originate's own default; from-internal is FreePBX's context.
+                extra_options={
+                    "channel_tech": "PJSIP",
+                    "context": "from-internal",
+                    "answer_timeout": "30",
+                    "caller_id_name": "Click2Call",
+                },
+            ),
             Vendor(
                 "freeswitch",
                 "FreeSWITCH (ESL)",

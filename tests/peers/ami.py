@@ -97,6 +97,8 @@ SCENARIOS = {
     "noanswer": ("ami_originate_noanswer_transcript.txt", "chan-n1", "orig-n1"),
     "unknown": ("ami_originate_unknown_transcript.txt", "chan-u1", "orig-u1"),
     "farend_bye": ("ami_originate_farend_bye_transcript.txt", "chan-f1", "orig-f1"),
+    # a Local channel into a busy dialplan: Reason 5, and our channel's Hangup says only Cause 0
+    "local_busy": ("ami_transcript.txt", "chan-002", "orig-2"),
 }
 # the lab's endpoints (../shared/labs/asterisk/pjsip.conf) → what the captures show they do
 TARGETS = {
@@ -105,6 +107,7 @@ TARGETS = {
     "PJSIP/sippring": "noanswer",
     "PJSIP/nosuch": "unknown",
     "PJSIP/sippbye": "farend_bye",
+    "Local/3000@ctx": "local_busy",
 }
 
 
@@ -211,6 +214,7 @@ class AmiPeer:
         auth_delay: float = 1.0,
         targets: dict[str, str] | None = None,
         default_target: str | None = None,
+        deny: set[str] | None = None,
     ) -> None:
         self.user, self.secret = user, secret
         self.noise, self.chunk, self.order = noise, chunk, order
@@ -220,6 +224,7 @@ class AmiPeer:
         self.auth_delay = auth_delay
         self.targets = {**TARGETS, **(targets or {})}
         self.default_target = default_target
+        self.deny = {a.lower() for a in deny or ()}  # actions this AMI user lacks the write= class for
         self.static = _static()
         self._noise = noise_events()
         self._noise_i = 0
@@ -239,7 +244,10 @@ class AmiPeer:
 
     def close(self) -> None:
         self._stop = True
+        with contextlib.suppress(OSError):
+            self._srv.shutdown(socket.SHUT_RDWR)  # wakes accept(); close() alone leaves it listening
         self._srv.close()
+        self._thread.join(timeout=5)
         with self._lock:
             for c in self._conns:
                 with contextlib.suppress(OSError):
@@ -365,6 +373,9 @@ class AmiPeer:
             return False
         if not session["auth"]:
             self._send(conn, encode(with_id(self.static["denied"], aid)))
+            return True
+        if lname in self.deny:
+            self._msg(conn, with_id(self.static["denied"], aid))
             return True
         if lname == "originate":
             return self._originate(conn, act, session)

@@ -9,6 +9,7 @@ from bus.vendors import vendor
 from workers.adapters.base import Adapter
 
 _ADAPTERS = {
+    "asterisk": "workers.adapters.asterisk:AsteriskAdapter",
     "freeswitch": "workers.adapters.freeswitch:FreeSwitchAdapter",
     "kamailio": "workers.adapters.kamailio:KamailioAdapter",
     "twilio": "workers.adapters.twilio:TwilioAdapter",

@@ -1,0 +1,316 @@
+"""The Asterisk adapter against the AMI replay peer (tests/peers/ami.py).
+
+Captures: tests/peers/captures/asterisk-22.10.1/ (copies of ../shared/transcripts/asterisk-22.10.1/);
+each test names the capture its peer replays.
+"""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from bus.calls import CallRef
+from bus.errors import AuthFailed, CallRejected, InvalidInput, OutcomeUnknown, Unreachable
+from bus.server import ServerEntry
+from tests.peers.ami import AmiPeer
+from workers.adapters import adapter_class, ami
+from workers.adapters.asterisk import AsteriskAdapter
+
+T = 10.0
+
+
+def adapter(peer: AmiPeer | None, secret: str = "pass123", port: int | None = None, **options: str) -> AsteriskAdapter:
+    entry = ServerEntry.build(
+        "asterisk",
+        {"user": "admin", "secret": secret},
+        host="127.0.0.1",
+        port=peer.port if peer else port,
+        options=options,
+    )
+    return AsteriskAdapter("myast", entry)
+
+
+def call(a: AsteriskAdapter, from_: str = "PJSIP/sipp", to: str = "2000") -> tuple[CallRef, object]:
+    ref = a.originate(from_, to, {}, time.monotonic() + T)
+    try:
+        return ref, a.follow(ref, time.monotonic() + T)
+    except Exception as exc:  # returned, so tests can look at it beside the ref
+        return ref, exc
+
+
+def test_registered_for_type_asterisk() -> None:
+    assert adapter_class("asterisk") is AsteriskAdapter
+
+
+def test_test_reports_version_over_a_hostile_wire() -> None:
+    """ami_core_show_version_transcript.txt (CoreSettings) and ami_transcript.txt (Ping): byte-by-byte
+    writes with other channels' events between every message."""
+    with AmiPeer(chunk=1, noise=True) as peer:
+        a = adapter(peer)
+        answer = a.test()
+        assert answer.message == "Asterisk 22.10.1 (AMI 11.0.0) on myast"
+        assert answer.data["version"] == "22.10.1" and answer.data["ami_version"] == "11.0.0"
+        assert [x["Action"] for x in peer.actions[0]] == ["Login", "CoreSettings", "Ping"]
+        login = peer.actions[0][0]
+        assert (login["Username"], login["Events"]) == ("admin", "call")
+        a.close()
+        assert peer.actions[0][-1]["Action"] == "Logoff"
+
+
+def test_session_is_reused_and_reopened_after_a_drop() -> None:
+    """ami_transcript.txt: one Login serves every later job; when Asterisk drops the socket (restart),
+    the next job logs in again on a new connection."""
+    with AmiPeer() as peer:
+        a = adapter(peer)
+        a.test()
+        a.test()
+        assert (peer.logins, len(peer.actions)) == (1, 1)
+        peer.drop_all()
+        assert peer.connections.acquire(timeout=T)
+        deadline = time.monotonic() + T
+        while a.session().alive() and time.monotonic() < deadline:  # the reader notices the close
+            time.sleep(0.01)
+        a.test()
+        assert (peer.logins, len(peer.actions)) == (2, 2)
+        a.close()
+
+
+def test_wrong_secret_is_auth_failed_after_asterisks_delay() -> None:
+    """ami_auth_fail_transcript.txt: `Authentication failed` after ~1 s, then the server closes."""
+    with AmiPeer() as peer:
+        a = adapter(peer, secret="wrong-secret-value")
+        start = time.monotonic()
+        with pytest.raises(AuthFailed) as err:
+            a.test()
+        assert time.monotonic() - start >= 0.9
+        assert err.value.exit_code == 3
+        assert "user=… secret=…" in err.value.message and "Authentication failed" in err.value.message
+        assert "wrong-secret-value" not in err.value.message
+        assert peer.count("CoreSettings") == 0
+
+
+def test_missing_permission_names_manager_conf() -> None:
+    """ami_auth_fail_transcript.txt: an action the user may not run gets `Permission denied`."""
+    with AmiPeer(deny={"CoreSettings", "Originate"}) as peer:
+        a = adapter(peer)
+        with pytest.raises(AuthFailed, match="system or reporting"):
+            a.test()
+        with pytest.raises(AuthFailed, match="add originate to its write="):
+            a.originate("PJSIP/sipp", "2000", {}, time.monotonic() + T)
+        a.close()
+
+
+def test_unreachable_when_nothing_listens() -> None:
+    with AmiPeer() as peer:
+        port = peer.port
+    a = adapter(None, port=port)
+    with pytest.raises(Unreachable, match="Cannot reach myast"):
+        a.test()
+
+
+@pytest.mark.parametrize("order", ["captured", "first", "last"])
+def test_answered_call(order: str) -> None:
+    """ami_originate_answered_transcript.txt: Reason 4 = answered, wherever OriginateResponse falls."""
+    with AmiPeer(order=order, noise=True) as peer:
+        a = adapter(peer)
+        ref, answer = call(a)
+        assert ref.call_id and ref.call_id.startswith("ifbus-")
+        assert answer.call_id == ref.call_id and answer.message == f"Call {ref.call_id} answered on myast"
+        sent = peer.actions[0][1]
+        assert list(sent) == [
+            "Action",
+            "ActionID",
+            "Channel",
+            "Context",
+            "Exten",
+            "Priority",
+            "CallerID",
+            "Timeout",
+            "Async",
+            "ChannelId",
+        ]
+        assert (sent["Channel"], sent["Context"], sent["Exten"], sent["Async"]) == (
+            "PJSIP/sipp",
+            "from-internal",
+            "2000",
+            "true",
+        )
+        assert (sent["CallerID"], sent["Timeout"], sent["ChannelId"]) == ('"Click2Call" <2000>', "30000", ref.call_id)
+        a.close()
+
+
+def test_every_call_event_before_the_reply() -> None:
+    """ami_originate_answered_transcript.txt with all nine call events (OriginateResponse among them)
+    sent before `Originate successfully queued`: the subscription made before sending keeps them."""
+    with AmiPeer(events_before_reply=9) as peer:
+        a = adapter(peer)
+        ref, answer = call(a)
+        assert answer.call_id == ref.call_id
+        a.close()
+
+
+@pytest.mark.parametrize("order", ["captured", "first", "last"])
+def test_busy_pjsip_callee_is_486_from_the_hangup_event(order: str) -> None:
+    """ami_pjsip_busy_transcript.txt: OriginateResponse says only Reason 0; Hangup has Cause 17 and
+    TechCause 486. With order "first" the Reason arrives before any channel event."""
+    with AmiPeer(order=order, noise=True) as peer:
+        a = adapter(peer)
+        ref, exc = call(a, "PJSIP/sippbusy")
+        assert isinstance(exc, CallRejected)
+        assert exc.message == "Call failed: SIP 486 Busy Here" and exc.exit_code == 5
+        assert exc.details["call_id"] == ref.call_id and exc.details["tech_cause"] == "486"
+        a.close()
+
+
+def test_no_answer_is_480() -> None:
+    """ami_originate_noanswer_transcript.txt: Reason 3, Hangup Cause 19 / TechCause 480."""
+    with AmiPeer(noise=True) as peer:
+        a = adapter(peer, answer_timeout="5")
+        _, exc = call(a, "PJSIP/sippring")
+        assert isinstance(exc, CallRejected) and exc.sip_code == 480
+        assert peer.actions[0][1]["Timeout"] == "5000"
+        a.close()
+
+
+def test_unknown_endpoint_is_404_without_a_hangup_event() -> None:
+    """ami_originate_unknown_transcript.txt: Reason 0 and no channel event at all: the channel never
+    existed (chan_pjsip's cause NO_ROUTE_DESTINATION), settled after a bounded grace."""
+    with AmiPeer() as peer:
+        a = adapter(peer)
+        start = time.monotonic()
+        _, exc = call(a, "PJSIP/nosuch")
+        assert isinstance(exc, CallRejected) and exc.sip_code == 404
+        assert time.monotonic() - start < 5
+        a.close()
+
+
+def test_busy_local_channel_is_486_from_the_reason() -> None:
+    """ami_transcript.txt section 5: a Local channel into a busy dialplan: Reason 5, and our channel's
+    Hangup has Cause 0 (Unknown), so the Reason decides."""
+    with AmiPeer() as peer:
+        a = adapter(peer)
+        _, exc = call(a, "Local/3000@ctx")
+        assert isinstance(exc, CallRejected) and exc.sip_code == 486
+        a.close()
+
+
+def test_session_dropped_mid_call_is_outcome_unknown_and_never_resent() -> None:
+    """ami_originate_answered_transcript.txt: Asterisk accepts (`Originate successfully queued`) and the
+    session drops before OriginateResponse: follow cannot know the outcome; one Originate only."""
+    with AmiPeer(faults={"originate": "after_reply"}) as peer:
+        a = adapter(peer)
+        _ref, exc = call(a)
+        assert isinstance(exc, OutcomeUnknown) and "lost" in exc.message
+        assert peer.count("Originate") == 1
+        a.close()
+
+
+def test_session_dropped_mid_reply_is_outcome_unknown_with_the_call_id() -> None:
+    """ami_pjsip_busy_transcript.txt: the Originate reply is cut in half by a dropped session."""
+    with AmiPeer(faults={"originate": "mid_reply"}) as peer:
+        a = adapter(peer)
+        with pytest.raises(OutcomeUnknown) as err:
+            a.originate("PJSIP/sippbusy", "2000", {}, time.monotonic() + T)
+        assert err.value.details["call_id"].startswith("ifbus-")
+        assert peer.count("Originate") == 1
+
+
+def test_silent_originate_is_outcome_unknown_at_the_deadline() -> None:
+    with AmiPeer(faults={"originate": "silent"}) as peer:
+        a = adapter(peer)
+        with pytest.raises(OutcomeUnknown, match="did not answer before the deadline"):
+            a.originate("PJSIP/sipp", "2000", {}, time.monotonic() + 0.5)
+        a.close()
+
+
+def test_hangup_then_no_such_channel() -> None:
+    """ami_originate_answered_transcript.txt: Hangup by ChannelId = `Channel Hungup`; a second one
+    `No such channel`, which is the already-ended answer (exit 0)."""
+    with AmiPeer(noise=True) as peer:
+        a = adapter(peer)
+        ref, _ = call(a)
+        assert ref.call_id
+        first = a.hangup(ref.call_id, ref, {})
+        assert first.message == f"Call {ref.call_id} ended on myast"
+        sent = next(x for x in peer.actions[0] if x["Action"] == "Hangup")
+        assert (sent["Channel"], sent["Cause"]) == (ref.call_id, "16")
+        again = a.hangup(ref.call_id, None, {})
+        assert again.data == {"already_ended": True} and "had already ended" in again.message
+        a.close()
+
+
+@pytest.mark.parametrize(
+    "from_, to",
+    [
+        ("1001\r\nApplication: System", "2000"),
+        ("1001", "2000\nVariable: x=1"),
+        ("PJSIP/1001\x00", "2000"),
+        ("1001", "PJSIP/2000"),
+        ("sip:1001@pbx.example", "2000"),
+    ],
+)
+def test_injection_and_bad_parties_are_refused_before_any_io(from_: str, to: str) -> None:
+    with AmiPeer() as peer:
+        a = adapter(peer)
+        with pytest.raises(InvalidInput):
+            a.originate(from_, to, {}, time.monotonic() + T)
+        assert peer.actions == []
+
+
+@pytest.mark.parametrize(
+    "option",
+    [{"context": "from internal"}, {"channel_tech": "PJSIP/x"}, {"caller_id_name": 'a" <1>'}, {"answer_timeout": "0"}],
+)
+def test_bad_options_are_refused(option: dict[str, str]) -> None:
+    with AmiPeer() as peer:
+        a = adapter(peer, **option)
+        with pytest.raises(InvalidInput):
+            a.originate("1001", "2000", {}, time.monotonic() + T)
+        assert peer.count("Originate") == 0
+
+
+def test_hangup_call_id_is_checked_against_the_line_grammar() -> None:
+    with AmiPeer() as peer:
+        a = adapter(peer)
+        with pytest.raises(InvalidInput, match="control characters"):
+            a.hangup("chan-1\r\nAction: Originate", None, {})
+        assert peer.count("Hangup") == 0
+
+
+def test_dial_string_rules() -> None:
+    a = adapter(None, port=1)
+    assert a.channel("1001") == "PJSIP/1001"
+    assert a.channel("PJSIP/1001") == "PJSIP/1001"
+    assert a.channel("Local/1001@from-internal") == "Local/1001@from-internal"
+    assert a.channel("tel:+1-415-555-0100") == "PJSIP/+14155550100"
+    assert adapter(None, port=1, channel_tech="SIP").channel("1001") == "SIP/1001"
+    assert a.extension("2000") == "2000"
+    fields = dict(a.originate_fields("1001", "s", "ifbus-x"))
+    assert fields["CallerID"] == '"Click2Call"'  # a non-numeric extension is no caller-id number
+
+
+def test_check_field_grammar() -> None:
+    assert ami.check_field("Channel", "PJSIP/1001") == "Channel: PJSIP/1001"
+    for key in ("Chan nel", "Channel:", "", "X\r\nY"):
+        with pytest.raises(InvalidInput):
+            ami.check_field(key, "v")
+    for value in ("a\rb", "a\nb", "a\x00", "x" * 1100):
+        with pytest.raises(InvalidInput):
+            ami.check_field("Variable", value)
+    with pytest.raises(InvalidInput, match="Secret"):
+        ami.check_field("Secret", "pass\n")
+    assert ami.action("Ping", "p-1") == b"Action: Ping\r\nActionID: p-1\r\n\r\n"
+
+
+def test_accepted_releases_the_subscription() -> None:
+    """`--until accepted`: the call's event subscription is dropped at once."""
+    with AmiPeer() as peer:
+        a = adapter(peer)
+        ref = a.originate("PJSIP/sipp", "2000", {}, time.monotonic() + T)
+        answer = a.accepted(ref)
+        assert answer.call_id == ref.call_id
+        assert a._calls == {}
+        with pytest.raises(OutcomeUnknown, match="not placed through this worker"):
+            a.follow(ref, time.monotonic() + 1)
+        a.close()
