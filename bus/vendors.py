@@ -127,8 +127,10 @@ VENDORS: Mapping[str, Vendor] = MappingProxyType(
                 "FusionPBX (web + ESL)",
                 "pbx",
                 ("username", "password", "domain"),
-                ("password", "key"),
+                ("password", "key", "esl_password"),
                 443,
+                # click_to_call.php's blocking originate has no timeout of its own: FreeSWITCH's 60 s.
+                extra_options={"scheme": "https", "esl_port": "8021", "originate_timeout": "60"},
             ),
         )
     }

@@ -245,8 +245,7 @@ class FreeSwitchAdapter(Adapter):
         command = esl.bgapi(self.originate_command(from_, to, call_uuid), job)
         transport = self.session().ready()
         sub = transport.subscribe(
-            lambda f: f.event is not None
-            and (f.event.get("Unique-ID") == call_uuid or f.event.get("Job-UUID") == job)
+            lambda f: f.event is not None and (f.event.get("Unique-ID") == call_uuid or f.event.get("Job-UUID") == job)
         )
         try:
             for data in (esl.filter_add("Unique-ID", call_uuid), esl.filter_add("Job-UUID", job)):
