@@ -142,3 +142,20 @@ class MemoryHealth:
             new = Health(old.state, failures, old.opened_at, reason[:300])
         self._health[server] = new
         return new
+
+
+def shared_views(redis_url: str, entries: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """What `list` shows of each server's shared breaker (state past its cool-down is half-open)."""
+    from redis.exceptions import RedisError
+
+    from bus.errors import Unreachable
+    from bus.redis_conn import from_url, safe_url
+
+    try:
+        states = RedisHealth(from_url(redis_url, socket_connect_timeout=0.5)).get_many(list(entries))
+    except (RedisError, OSError) as exc:
+        raise Unreachable(f"Redis at {safe_url(redis_url)}: {exc}") from None
+    return {
+        name: {**h.as_dict(), "state": effective(h, float(entries[name].effective_options["breaker_cooldown"]))}
+        for name, h in states.items()
+    }

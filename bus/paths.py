@@ -1,10 +1,30 @@
-"""Where the registry lives: `~/.if`, or `$IFBUS_HOME` for tests, containers and fleets."""
+"""The few `IFBUS_*` values the light commands need (`list`, `add`, `remove`, `--help`), read without
+pydantic-settings (~100 ms of start-up). `bus.settings.Settings` reads every other setting and takes
+its defaults for these from here, so each variable is read by one piece of code.
+"""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
+ENV_PREFIX = "IFBUS_"
+
+
+def env(name: str) -> str | None:
+    """`IFBUS_<NAME>`, with an empty value counting as unset."""
+    return os.environ.get(ENV_PREFIX + name.upper()) or None
+
 
 def home() -> Path:
-    return Path(os.environ.get("IFBUS_HOME") or Path.home() / ".if")
+    """Where the registry lives: `~/.if`, or `$IFBUS_HOME` for tests, containers and fleets."""
+    return Path(env("home") or Path.home() / ".if")
+
+
+def redis_url() -> str | None:
+    """The bus's Redis when one is named (`IFBUS_REDIS_URL`); None means "find out"."""
+    return env("redis_url")
+
+
+def log_level(default: str) -> str:
+    return env("log_level") or default

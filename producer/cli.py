@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import functools
 import json
-import os
 import sys
 from collections.abc import Callable
 from typing import Any, NoReturn
@@ -253,25 +252,20 @@ def list_(kind: str, as_json: bool) -> None:
 
 
 def _health(entries: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """Shared breaker states, when IFBUS_REDIS_URL names the bus's Redis (redis is imported only
-    then, so a plain `list` stays fast); '-' in the table means unknown."""
-    url = os.environ.get("IFBUS_REDIS_URL")
+    """Shared breaker states when IFBUS_REDIS_URL names the bus's Redis (only then is redis imported,
+    so a plain `list` stays fast); '-' in the table means unknown."""
+    from bus.paths import redis_url
+
+    url = redis_url()
     if not url or not entries:
         return {}
-    from redis import Redis
-    from redis.exceptions import RedisError
-
-    from bus.health import RedisHealth, effective
+    from bus.health import shared_views
 
     try:
-        states = RedisHealth(Redis.from_url(url, socket_connect_timeout=0.5)).get_many(list(entries))
-    except (RedisError, OSError) as exc:
-        click.echo(f"ifbus: health unknown (Redis: {exc})", err=True)
+        return shared_views(url, entries)
+    except BusError as exc:
+        click.echo(f"ifbus: health unknown ({exc.message})", err=True)
         return {}
-    return {
-        name: {**h.as_dict(), "state": effective(h, float(entries[name].effective_options["breaker_cooldown"]))}
-        for name, h in states.items()
-    }
 
 
 def _where(view: dict[str, Any]) -> str:
@@ -416,6 +410,7 @@ def _submit(
 
     from bus.logging import configure
     from bus.models import CallRequest, HangupRequest, TestRequest
+    from bus.paths import log_level
     from bus.settings import Settings
     from producer.api import Producer
 
@@ -423,7 +418,7 @@ def _submit(
         settings = Settings()
     except ValidationError as exc:
         raise InvalidInput(f"bad IFBUS_* environment: {_first_error(exc)}") from None
-    configure(os.environ.get("IFBUS_LOG_LEVEL", "WARNING"))
+    configure(log_level("WARNING"))
     model = {"test": TestRequest, "call": CallRequest, "hangup": HangupRequest}[op]
     fields = {**fields, "timeout": timeout or settings.timeout}
     if request_id:
@@ -513,11 +508,10 @@ def worker(types: tuple[str, ...], concurrency: int, burst: bool) -> None:
       ifbus worker kamailio --concurrency 4
     """
     from bus.logging import configure
+    from bus.redis_conn import connect
     from bus.settings import Settings
     from bus.vendors import vendor
     from workers.worker import run_workers
-
-    from bus.redis_conn import connect
 
     for type_ in types:
         vendor(type_)
