@@ -422,25 +422,6 @@ def q850_cause(name: str) -> int | None:
     return _CAUSE_NUMBERS.get(name.strip().upper())
 
 
-# FreeSWITCH's own cause names beyond Q.850 (src/include/switch_types.h, switch_call_cause_t), which
-# `-ERR <CAUSE>` and Hangup-Cause carry by name; with Q850_NAMES they map a name back to its number.
-FREESWITCH_CAUSE_NAMES: dict[int, str] = {
-    487: "ORIGINATOR_CANCEL", 700: "CRASH", 701: "SYSTEM_SHUTDOWN", 702: "LOSE_RACE", 703: "MANAGER_REQUEST",
-    800: "BLIND_TRANSFER", 801: "ATTENDED_TRANSFER", 802: "ALLOTTED_TIMEOUT", 803: "USER_CHALLENGE",
-    804: "MEDIA_TIMEOUT", 805: "PICKED_OFF", 806: "USER_NOT_REGISTERED", 807: "PROGRESS_TIMEOUT",
-    808: "INVALID_GATEWAY", 809: "GATEWAY_DOWN", 810: "INVALID_URL", 811: "INVALID_PROFILE", 812: "NO_PICKUP",
-    813: "SRTP_READ_ERROR", 814: "BOWOUT", 815: "BUSY_EVERYWHERE", 816: "DECLINE", 817: "DOES_NOT_EXIST_ANYWHERE",
-    818: "NOT_ACCEPTABLE", 819: "UNWANTED", 820: "NO_IDENTITY", 821: "BAD_IDENTITY_INFO",
-    822: "UNSUPPORTED_CERTIFICATE", 823: "INVALID_IDENTITY", 824: "STALE_DATE", 825: "REJECT_ALL",
-}  # fmt: skip
-_CAUSE_NUMBERS = {name: number for number, name in (*Q850_NAMES.items(), *FREESWITCH_CAUSE_NAMES.items())}
-
-
-def q850_cause(name: str) -> int | None:
-    """The cause number for a FreeSWITCH hangup-cause name (`USER_BUSY` → 17), None if unknown."""
-    return _CAUSE_NUMBERS.get(name.strip().upper())
-
-
 def sip_to_q850(code: int, vendor: str | None = None) -> int:
     """The Q.850 cause for a SIP final response: the vendor's column when it differs, else RFC 3398.
 

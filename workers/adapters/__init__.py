@@ -11,7 +11,6 @@ from workers.adapters.base import Adapter
 _ADAPTERS = {
     "asterisk": "workers.adapters.asterisk:AsteriskAdapter",
     "freeswitch": "workers.adapters.freeswitch:FreeSwitchAdapter",
-    "freeswitch": "workers.adapters.freeswitch:FreeSwitchAdapter",
     "fusionpbx": "workers.adapters.fusionpbx:FusionPbxAdapter",
     "kamailio": "workers.adapters.kamailio:KamailioAdapter",
     "twilio": "workers.adapters.twilio:TwilioAdapter",
