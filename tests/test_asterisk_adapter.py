@@ -314,3 +314,42 @@ def test_accepted_releases_the_subscription() -> None:
         with pytest.raises(OutcomeUnknown, match="not placed through this worker"):
             a.follow(ref, time.monotonic() + 1)
         a.close()
+
+
+def _cli(*args: str) -> tuple[int, str]:
+    import json as _json
+
+    from click.testing import CliRunner
+
+    from producer.cli import cli
+
+    result = CliRunner().invoke(cli, list(args), catch_exceptions=False)
+    try:
+        return result.exit_code, _json.loads(result.stdout)
+    except ValueError:
+        return result.exit_code, result.stdout + result.stderr
+
+
+def test_queue_mode_failover_and_a_warm_worker(start_worker, queue_mode: str) -> None:
+    """ami_originate_answered_transcript.txt through a real `ifbus worker asterisk`: myast1 refuses
+    connections, so the call fails over to myast2 (the spec's pair); later jobs on the same worker
+    reuse its AMI session (one Login), and hangup goes to the server the CallRef names."""
+    with AmiPeer(noise=True) as peer:
+        with AmiPeer() as gone:
+            dead_port = gone.port
+        for name, port in (("myast1", dead_port), ("myast2", peer.port)):
+            code, out = _cli("add", "sip", name, "--type", "asterisk", "--auth", "user=admin", "secret=pass123",
+                             "--port", str(port))  # fmt: skip
+            assert code == 0, out
+        start_worker("asterisk")
+        code, data = _cli("call", "sip", "myast1", "from=PJSIP/sipp", "to=2000", "--json")
+        assert code == 0, data
+        assert data["server"] == "myast2" and data["mode"] == "queue"
+        call_id = data["call_id"]
+        assert call_id.startswith("ifbus-")
+        code, data = _cli("test", "sip", "myast2", "--json")
+        assert code == 0 and "Asterisk 22.10.1 (AMI 11.0.0)" in data["message"], data
+        code, data = _cli("hangup", "sip", "myast1", f"call_id={call_id}", "--json")
+        assert code == 0, data
+        assert peer.logins == 1 and len(peer.actions) == 1
+        assert peer.count("Originate") == 1 and peer.count("Hangup") == 1
