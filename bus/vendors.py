@@ -121,6 +121,12 @@ VENDORS: Mapping[str, Vendor] = MappingProxyType(
                 ("api_secret", "private_key"),
                 None,
                 base_url="https://api.nexmo.com",
+                extra_options={
+                    "rest_base_url": "https://rest.nexmo.com",
+                    "answer_timeout": "60",
+                    "poll_interval": "1",
+                    "jwt_lifetime": "300",
+                },
             ),
             Vendor(
                 "fusionpbx",

@@ -14,6 +14,7 @@ _ADAPTERS = {
     "fusionpbx": "workers.adapters.fusionpbx:FusionPbxAdapter",
     "kamailio": "workers.adapters.kamailio:KamailioAdapter",
     "twilio": "workers.adapters.twilio:TwilioAdapter",
+    "vonage": "workers.adapters.vonage:VonageAdapter",
 }
 
 
