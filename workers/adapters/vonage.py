@@ -324,7 +324,7 @@ class VonageAdapter(Adapter):
 
     def _origin(self, option: str) -> str:
         default = vendor(self.type).defaults[option]
-        return base_url_option(self.name, self.options.get(option) or default, default)
+        return base_url_option(self.name, self.options.get(option) or default, default, option)
 
     def _clean(self, value: object, limit: int = 64) -> str:
         """Server text fit for a message: a bounded single line with no secret in it."""

@@ -195,8 +195,8 @@ def _reason(exc: Exception) -> str:
 # Options build URLs, so they decide where credentials are sent: one rule for every HTTP vendor.
 
 
-def base_url_option(server: str, url: str, example: str) -> str:
-    """A vendor's API root from `--opt base_url=`: http(s), a host, no userinfo, query or fragment,
+def base_url_option(server: str, url: str, example: str, option: str = "base_url") -> str:
+    """A vendor's API root from `--opt <option>=`: http(s), a host, no userinfo, query or fragment,
     and plain http only on loopback (anything else would send credentials in clear)."""
     from urllib.parse import urlsplit
 
@@ -204,10 +204,10 @@ def base_url_option(server: str, url: str, example: str) -> str:
 
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname or parts.query or parts.fragment or "@" in url:
-        raise InvalidInput(f"{server}: option base_url={show(url)}: expected e.g. {example}")
+        raise InvalidInput(f"{server}: option {option}={show(url)}: expected e.g. {example}")
     if parts.scheme == "http" and not is_loopback(parts.hostname):
         raise InvalidInput(
-            f"{server}: option base_url={show(url)}: plain http would send credentials in clear; "
+            f"{server}: option {option}={show(url)}: plain http would send credentials in clear; "
             "use https:// (http is accepted only for 127.0.0.1, ::1 and localhost)"
         )
     return url.rstrip("/")
