@@ -260,7 +260,12 @@ def test_injection_and_bad_parties_are_refused_before_any_io(from_: str, to: str
 
 @pytest.mark.parametrize(
     "option",
-    [{"context": "from internal"}, {"channel_tech": "PJSIP/x"}, {"caller_id_name": 'a" <1>'}, {"answer_timeout": "7200"}],
+    [
+        {"context": "from internal"},
+        {"channel_tech": "PJSIP/x"},
+        {"caller_id_name": 'a" <1>'},
+        {"answer_timeout": "7200"},
+    ],
 )
 def test_bad_options_are_refused(option: dict[str, str]) -> None:
     with AmiPeer() as peer:
