@@ -13,6 +13,11 @@
 | `ifbus:health:<server>`       | hash   | worker     | none           | the server's breaker                        |
 | `ifbus:health:<server>:trial` | string | worker     | cool-down      | one half-open trial at a time               |
 | `ifbus:probe:<server>`        | string | prober     | probe interval | one probe per server per period             |
+| `ifbus:requests`              | list   | any producer | none         | public JSON requests (docs/producers.md)    |
+| `ifbus:requests:processing:<ingress>` | list | ingress | none        | requests an ingress took, not yet done      |
+| `ifbus:requests:dead`         | list   | ingress    | capped length  | unanswerable requests, with the reason      |
+| `ifbus:ingresses`             | set    | ingress    | none           | ingress ids that own a processing list      |
+| `ifbus:ingress:<ingress>`     | string | ingress    | INGRESS_TTL, renewed | that ingress is alive                 |
 
 Durations (seconds) live in bus.ledger / bus.health beside the rules that need them.
 """
@@ -72,3 +77,17 @@ def health_trial(server: str) -> str:
 
 def probe(server: str) -> str:
     return f"{PREFIX}probe:{server}"
+
+
+# The public request list (the wire contract in docs/producers.md: stable) and the ingress's own keys.
+REQUESTS = PREFIX + "requests"
+REQUESTS_DEAD = REQUESTS + ":dead"
+INGRESSES = PREFIX + "ingresses"
+
+
+def requests_processing(ingress_id: str) -> str:
+    return f"{REQUESTS}:processing:{ingress_id}"
+
+
+def ingress(ingress_id: str) -> str:
+    return f"{PREFIX}ingress:{ingress_id}"

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Self
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, TypeAdapter
+from pydantic.json_schema import SkipJsonSchema
 
 from bus.errors import BusError, Outcome
 from bus.validate import check_key, check_name, check_value
@@ -40,6 +41,22 @@ def new_request_id() -> str:
     return uuid.uuid4().hex
 
 
+class Routing(BaseModel):
+    """The internal envelope: what the bus adds to a request on its way through the queues.
+
+    Producers never write it (`ifbus schema` does not show it; bus.routing refuses a request that
+    carries any): the producer or ingress stamps `submitted_at`, and the workers carry the failover
+    state across hops. It may change with any release; the public fields may not (schema_version)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    submitted_at: float | None = Field(default=None, description="Unix time the bus took the request")
+    tried: list[ServerName] = Field(default_factory=list, description="servers already given up on")
+    attempts: dict[ServerName, int] = Field(default_factory=dict, description="attempts made on each server")
+    errors: dict[ServerName, str] = Field(default_factory=dict, description="last error on each server tried")
+    last_outcome: Outcome | None = Field(default=None, description="class of the last failure, for the final answer")
+
+
 class BaseRequest(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
@@ -50,12 +67,32 @@ class BaseRequest(BaseModel):
         default=None, description="Redis list the worker LPUSHes the JobResult JSON to; None = nobody waits"
     )
     timeout: float = Field(default=60.0, gt=0, le=3600, description="Seconds the caller waits for the answer")
-    submitted_at: float | None = Field(default=None, description="Unix time the producer submitted it")
-    # Routing state, carried across failover hops by the workers; producers leave these empty.
-    tried: list[ServerName] = Field(default_factory=list, description="servers already given up on")
-    attempts: dict[ServerName, int] = Field(default_factory=dict, description="attempts made on each server")
-    errors: dict[ServerName, str] = Field(default_factory=dict, description="last error on each server tried")
-    last_outcome: Outcome | None = Field(default=None, description="class of the last failure, for the final answer")
+    routing: SkipJsonSchema[Routing] = Field(default_factory=Routing, description="internal (bus.models.Routing)")
+
+    # Read-only views of the envelope, for the workers' failover code.
+    @property
+    def submitted_at(self) -> float | None:
+        return self.routing.submitted_at
+
+    @property
+    def tried(self) -> list[str]:
+        return self.routing.tried
+
+    @property
+    def attempts(self) -> dict[str, int]:
+        return self.routing.attempts
+
+    @property
+    def errors(self) -> dict[str, str]:
+        return self.routing.errors
+
+    @property
+    def last_outcome(self) -> Outcome | None:
+        return self.routing.last_outcome
+
+    def rerouted(self, **changes: Any) -> Self:
+        """This request with its envelope updated (a failover hop, the submission time)."""
+        return self.model_copy(update={"routing": self.routing.model_copy(update=changes)})
 
 
 class TestRequest(BaseRequest):

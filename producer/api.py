@@ -5,8 +5,9 @@ Other services use this exactly as the CLI does (docs/producers-python.md has a 
     from producer import Producer, CallRequest
     result = Producer().submit(CallRequest(server="mykam", **{"from": "1001", "to": "2000"}))
 
-The producer knows only the broker: it validates, enqueues on the vendor's queue and waits on the
-request's reply key. It runs a job in-process only when it is handed a `runner` (the CLI hands it
+The producer knows only the broker: it admits the request through bus.routing (validation, dedupe,
+server → queue, the no-worker check: the same path `ifbus ingress` uses for other languages) and waits
+on the request's reply key. It runs a job in-process only when it is handed a `runner` (the CLI hands it
 `workers.jobs.execute` for embedded mode), so a service that embeds the producer never imports the
 workers by accident.
 
@@ -26,12 +27,13 @@ from typing import Any
 from redis import Redis
 from redis.exceptions import RedisError
 
-from bus import keys
 from bus.errors import OutcomeUnknown, Unreachable
 from bus.models import BaseRequest, JobResult
-from bus.queues import enqueue, queue_name, reply_key
+from bus.queues import queue_name, reply_key
 from bus.redis_conn import connect, from_url, safe_url
 from bus.registry import Registry, open_registry
+from bus.routing import Router
+from bus.server import ServerEntry
 from bus.settings import Settings
 
 #: Runs one request payload in this process and returns its JobResult as a dict (workers.jobs.execute).
@@ -39,8 +41,6 @@ Runner = Callable[..., dict[str, Any]]
 
 # How long `auto` mode waits for a Redis on the default URL before choosing embedded mode.
 PROBE_TIMEOUT_SECONDS = 0.25
-# A live worker seen on a queue is trusted for this long before the producer looks again.
-WORKER_SEEN_SECONDS = 1.0
 
 
 class Producer:
@@ -53,7 +53,7 @@ class Producer:
         self.notice: str | None = None  # why embedded mode was chosen, for the CLI to print
         self._enqueued = False  # whether the current request reached Redis: decides unreachable vs unknown
         self._redis: Redis | None = None  # one connection pool for every submit of this producer
-        self._served: dict[str, float] = {}  # queue → until when a live worker was last seen (monotonic)
+        self._router: Router | None = None
 
     def submit(self, request: BaseRequest, wait: bool = True) -> JobResult | str:
         """Run or enqueue `request`; return its JobResult, or the job id when `wait` is False."""
@@ -61,7 +61,7 @@ class Producer:
         redis = self._connect()
         if redis is None:
             return self._run_inline(request)
-        return self._enqueue(redis, queue_name(entry.type), request, wait)
+        return self._enqueue(redis, entry, request, wait)
 
     def _connect(self) -> Redis | None:
         if self._redis is not None:
@@ -95,9 +95,10 @@ class Producer:
         payload = request.model_dump(mode="json", by_alias=True)
         return JobResult.model_validate(self._need_runner("embedded mode")(payload, mode="inline"))
 
-    def _enqueue(self, redis: Redis, queue: str, request: BaseRequest, wait: bool) -> JobResult | str:
+    def _enqueue(self, redis: Redis, entry: ServerEntry, request: BaseRequest, wait: bool) -> JobResult | str:
+        queue = queue_name(entry.type)
         try:
-            return self._enqueue_and_wait(redis, queue, request, wait)
+            return self._enqueue_and_wait(redis, entry, request, wait)
         except (RedisError, OSError) as exc:
             if self._enqueued:
                 raise OutcomeUnknown(
@@ -108,32 +109,22 @@ class Producer:
                 ) from None
             raise Unreachable(f"Redis failed before the job was queued: {exc}") from None
 
-    def _enqueue_and_wait(self, redis: Redis, queue: str, request: BaseRequest, wait: bool) -> JobResult | str:
-        from rq import Queue, Worker
-
-        from bus.ledger import RedisLedger
-
-        ledger = RedisLedger(redis)
+    def _enqueue_and_wait(self, redis: Redis, entry: ServerEntry, request: BaseRequest, wait: bool) -> JobResult | str:
+        if self._router is None:
+            self._router = Router(redis, self.registry)
         self._enqueued = False
         rid = request.request_id
-        if request.submitted_at is None:
-            request = request.model_copy(update={"submitted_at": time.time()})
-        if not ledger.claim_request(rid):
-            # Submitted before within the window: the first submission's answer, never a second call.
-            self._enqueued = True
-            return self._join(redis, ledger, request, queue) if wait else rid
-        vendor_type = keys.queue_type(queue)
-        if self._served.get(queue, 0) < time.monotonic() and Worker.count(queue=Queue(queue, connection=redis)) > 0:
-            self._served[queue] = time.monotonic() + WORKER_SEEN_SECONDS
-        if self._served.get(queue, 0) < time.monotonic():
-            ledger.forget_request(rid)
-            raise Unreachable(f"no worker serves {queue}: start `ifbus worker {vendor_type}`, or set IFBUS_MODE=inline")
         key = reply_key(rid) if wait else None
-        enqueue(redis, vendor_type, request.model_copy(update={"reply_key": key}))
+        admission = self._router.admit(request.model_copy(update={"reply_key": key}), entry)
         self._enqueued = True
-        if key is None:
+        ledger, queue = self._router.ledger, admission.queue
+        if not wait:
             return rid
-        return self._wait(redis, ledger, key, request, queue)
+        if admission.duplicate:
+            if admission.result is not None:
+                return JobResult.model_validate(admission.result)
+            return self._join(redis, ledger, admission.request, queue)
+        return self._wait(redis, ledger, reply_key(rid), admission.request, queue)
 
     def _join(self, redis: Redis, ledger: Any, request: BaseRequest, queue: str) -> JobResult:
         """Wait for a request someone already submitted: its stored result, or a waiter's reply key.

@@ -529,6 +529,35 @@ def worker(types: tuple[str, ...], concurrency: int, burst: bool) -> None:
 
 
 @cli.command(context_settings=CONTEXT)
+@guarded
+def ingress() -> None:
+    """Queue JSON requests that services in any language LPUSH on the Redis list `ifbus:requests`.
+
+    Each request is validated, deduplicated and routed like `ifbus call`; its answer goes to its
+    reply key (`ifbus:reply:<request_id>`); what cannot be answered is parked on
+    `ifbus:requests:dead`. Run any number. SIGTERM finishes the current message, then exits.
+    The contract, with redis-cli / Node / Go examples: docs/producers.md.
+
+    \b
+    Example:
+      ifbus ingress &
+      redis-cli LPUSH ifbus:requests '{"op":"test","server":"mykam","request_id":"req-0001",
+                                       "reply_key":"ifbus:reply:req-0001"}'
+      redis-cli BLPOP ifbus:reply:req-0001 30
+    """
+    from bus.logging import configure
+    from bus.redis_conn import connect
+    from bus.registry import open_registry
+    from bus.settings import Settings
+    from producer.ingress import serve
+
+    settings = Settings()
+    configure(settings.log_level)
+    redis = connect(settings.effective_redis_url, "the ingress needs it", socket_timeout=None)
+    serve(redis, open_registry(settings.home))
+
+
+@cli.command(context_settings=CONTEXT)
 def schema() -> None:
     """Print the JSON Schema of the job messages (request and result) for other producers."""
     from bus.models import json_schemas

@@ -145,7 +145,7 @@ def _serve(request: BaseRequest, context: Context, mode: str) -> tuple[dict[str,
                     keeper.stop()
                     context.ledger.lease(request.request_id, REQUEUED, max(1.0, deadline - time.monotonic()))
                     routing = {"tried": tried, "attempts": attempts, "errors": errors, "last_outcome": last}
-                    context.requeue(request.model_copy(update=routing))
+                    context.requeue(request.rerouted(**routing))
                     return None
                 continue
             log.info("job.done", request_id=request.request_id, op=request.op, server=server, call_id=answer.call_id)

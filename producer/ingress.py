@@ -1,0 +1,266 @@
+"""`ifbus ingress`: producers in any language push JSON requests on one Redis list; this moves them
+onto the vendor queues through the same path as the Python producer (bus.routing).
+
+The contract it serves is docs/producers.md. What it promises:
+
+- nothing taken is lost: a request is moved atomically (BLMOVE) from `ifbus:requests` to this
+  ingress's own processing list and removed from it only in the same transaction that answers or
+  parks it, or after it was queued. An ingress that starts (and every RECOVER_SECONDS after) moves
+  back what a dead ingress (no heartbeat) left in its processing list. A kill between "queued" and
+  "removed" means the request is seen again, found a duplicate, and answered twice: never called twice;
+- every request with a usable reply key gets exactly one answer of the `ifbus schema` result shape:
+  exit 2 for invalid input, 1 for an unknown server, 4 when no worker serves the queue;
+- what cannot be answered (not JSON, too large, no or a foreign reply key with bad input) is parked
+  on `ifbus:requests:dead` with the reason; the ingress never stops on input;
+- a duplicate request id gets the first submission's answer: at once when it is stored, else as
+  soon as it is (the duplicate stays in the processing list meanwhile, so a restart keeps it);
+- SIGTERM / SIGINT: the current message is finished, waiting duplicates go back on the request
+  list for another ingress, and the process exits 0.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import time
+import uuid
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any
+
+from redis.exceptions import RedisError
+
+from bus import keys
+from bus.errors import BusError, OutcomeUnknown
+from bus.logging import get_logger
+from bus.models import REQUEST_ID_RE
+from bus.registry import Registry
+from bus.routing import Router, failure, parse
+
+log = get_logger("ifbus.ingress")
+
+MAX_REQUEST_BYTES = 64 * 1024  # a request is a few hundred bytes; anything this large is parked unread
+DEAD_MAX = 10_000  # the dead list keeps the newest this many, so a flood of garbage cannot fill Redis
+DEAD_SHOWN_BYTES = 4096  # how much of a parked message is kept for a human to read
+IDLE_BLOCK_SECONDS = 1.0  # longest BLMOVE wait: how soon SIGTERM and the heartbeat are looked at
+JOIN_POLL_SECONDS = 0.05  # BLMOVE wait while duplicates wait for their first submission's answer
+HEARTBEAT_SECONDS = 2.0
+INGRESS_TTL_SECONDS = 15  # an ingress silent this long is dead: its processing list is recovered
+RECOVER_SECONDS = 10.0
+REDIS_RETRY_MAX_SECONDS = 2.0
+
+
+@dataclass
+class _Join:
+    """A duplicate waiting for the first submission's answer."""
+
+    raw: bytes
+    request_id: str
+    reply_key: str
+    op: str
+    server: str
+    deadline: float  # time.monotonic()
+    timeout: float
+
+
+class Ingress:
+    def __init__(self, redis: Any, registry: Registry, ingress_id: str | None = None) -> None:
+        self.redis = redis
+        self.router = Router(redis, registry)
+        self.id = ingress_id or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        self.processing = keys.requests_processing(self.id)
+        self.joins: list[_Join] = []
+        self.counts: Counter[str] = Counter()  # queued / answered / parked / joined, for the bench and tests
+        self.stopping = False
+        self._beat_at = 0.0
+        self._recover_at = 0.0
+        self._retry: bytes | None = None  # a message whose handling Redis interrupted
+
+    # ------------------------------------------------------------ lifecycle
+
+    def run(self) -> None:
+        """Serve until SIGTERM/SIGINT; Redis outages are waited out, never fatal."""
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, self._stop)
+        self.start()
+        log.info("ingress.ready", ingress=self.id, requests=keys.REQUESTS)
+        wait = 0.1
+        while not self.stopping:
+            try:
+                self.step()
+                wait = 0.1
+            except (RedisError, OSError) as exc:
+                log.warning("ingress.redis", ingress=self.id, error=str(exc), retry_in=wait)
+                time.sleep(wait)
+                wait = min(REDIS_RETRY_MAX_SECONDS, wait * 2)
+        self.shutdown()
+        log.info("ingress.stopped", ingress=self.id, **self.counts)
+
+    def _stop(self, _signum: int, _frame: Any) -> None:
+        self.stopping = True
+
+    def start(self) -> None:
+        """Announce this ingress (heartbeat first, so no other one recovers it while it starts),
+        then take back what dead ones left."""
+        self.beat(force=True)
+        self.redis.sadd(keys.INGRESSES, self.id)
+        self.recover()
+
+    def beat(self, force: bool = False) -> None:
+        now = time.monotonic()
+        if force or now >= self._beat_at:
+            self.redis.set(keys.ingress(self.id), str(time.time()), ex=INGRESS_TTL_SECONDS)
+            self._beat_at = now + HEARTBEAT_SECONDS
+
+    def recover(self) -> int:
+        """Move every request a dead ingress left in its processing list back onto the request list,
+        oldest last so it is taken first. Returns how many were moved."""
+        self._recover_at = time.monotonic() + RECOVER_SECONDS
+        moved = 0
+        for member in self.redis.smembers(keys.INGRESSES):
+            other = member.decode(errors="replace")
+            if other == self.id or self.redis.exists(keys.ingress(other)):
+                continue
+            source = keys.requests_processing(other)
+            while self.redis.lmove(source, keys.REQUESTS, "LEFT", "RIGHT") is not None:
+                moved += 1
+            self.redis.srem(keys.INGRESSES, other)
+        if moved:
+            log.warning("ingress.recovered", ingress=self.id, requests=moved)
+        return moved
+
+    def shutdown(self) -> None:
+        """Hand waiting duplicates to another ingress; leave no trace if everything was handled."""
+        try:
+            for join in self.joins:
+                pipe = self.redis.pipeline()
+                pipe.lrem(self.processing, 1, join.raw)
+                pipe.rpush(keys.REQUESTS, join.raw)
+                pipe.execute()
+            self.joins = []
+            if self._retry is None and not self.redis.llen(self.processing):
+                pipe = self.redis.pipeline()
+                pipe.delete(keys.ingress(self.id))
+                pipe.srem(keys.INGRESSES, self.id)
+                pipe.execute()
+        except (RedisError, OSError) as exc:  # the heartbeat expires; another ingress recovers the rest
+            log.warning("ingress.shutdown", ingress=self.id, error=str(exc))
+
+    # ------------------------------------------------------------ one message
+
+    def step(self, block: float | None = None) -> bool:
+        """Take and handle at most one request; True when one was handled."""
+        self.beat()
+        if time.monotonic() >= self._recover_at:
+            self.recover()
+        if self.joins:
+            self._serve_joins()
+        raw = self._retry
+        if raw is None:
+            wait = block if block is not None else JOIN_POLL_SECONDS if self.joins else IDLE_BLOCK_SECONDS
+            raw = self.redis.blmove(keys.REQUESTS, self.processing, wait, "RIGHT", "LEFT")
+            if raw is None:
+                return False
+        self._retry = raw
+        self.counts[self.handle(raw)] += 1
+        self._retry = None
+        return True
+
+    def handle(self, raw: bytes) -> str:
+        """Queue, answer, park or join one raw message (already in this ingress's processing list).
+
+        Redis errors propagate (the message stays in the processing list and is retried); any other
+        failure parks the message, so no input can stop the ingress."""
+        try:
+            return self._handle(raw)
+        except (RedisError, OSError):
+            raise
+        except Exception as exc:  # a bug: park the message rather than loop on it or die
+            log.error("ingress.bug", ingress=self.id, error=f"{type(exc).__name__}: {exc}")
+            return self._park(raw, f"internal error ({type(exc).__name__}); please report it")
+
+    def _handle(self, raw: bytes) -> str:
+        if len(raw) > MAX_REQUEST_BYTES:
+            return self._park(raw, f"larger than {MAX_REQUEST_BYTES} bytes")
+        try:
+            payload = json.loads(raw)
+        except (ValueError, RecursionError) as exc:
+            return self._park(raw, f"not JSON ({type(exc).__name__}: {str(exc)[:200]})")
+        if not isinstance(payload, dict):
+            return self._park(raw, f"not a JSON object (got {type(payload).__name__})")
+        rid, reply_key = payload.get("request_id"), payload.get("reply_key")
+        op = payload.get("op") if isinstance(payload.get("op"), str) else ""
+        server = payload.get("server") if isinstance(payload.get("server"), str) else ""
+        answerable = isinstance(rid, str) and REQUEST_ID_RE.fullmatch(rid) is not None
+        if reply_key is not None and not (answerable and reply_key == keys.reply(rid)):
+            shown = repr(reply_key)[:80]
+            return self._park(raw, f"reply_key {shown} is not ifbus:reply:<request_id> of a valid request_id")
+        try:
+            admission = self.router.admit(parse(payload))
+        except BusError as exc:
+            if reply_key is None:
+                return self._park(raw, exc.message)
+            return self._answer(raw, reply_key, failure(rid, op, server[:64], exc), "answered")
+        if not admission.duplicate or reply_key is None:
+            self.redis.lrem(self.processing, 1, raw)
+            return "duplicate" if admission.duplicate else "queued"
+        if admission.result is not None:
+            return self._answer(raw, reply_key, admission.result, "duplicate")
+        timeout = admission.request.timeout
+        self.joins.append(_Join(raw, rid, reply_key, op, server, time.monotonic() + timeout, timeout))
+        return "joined"
+
+    def _serve_joins(self) -> None:
+        """Answer the waiting duplicates whose first submission has an answer now (or whose time is up)."""
+        stored = self.redis.mget([keys.result(j.request_id) for j in self.joins])
+        now = time.monotonic()
+        waiting = []
+        for join, body in zip(self.joins, stored, strict=True):
+            if body is not None:
+                self._answer(join.raw, join.reply_key, json.loads(body), "duplicate")
+            elif now >= join.deadline:
+                exc = OutcomeUnknown(
+                    f"request {join.request_id} was submitted before and has no answer within {join.timeout:g} s; "
+                    f"it may still run: look it up with `ifbus job {join.request_id}`",
+                    job_id=join.request_id,
+                )
+                self._answer(join.raw, join.reply_key, failure(join.request_id, join.op, join.server, exc), "answered")
+            else:
+                waiting.append(join)
+        self.joins = waiting
+
+    def _answer(self, raw: bytes, reply_key: str, result: dict[str, Any], label: str) -> str:
+        """Push the one answer and drop the message from the processing list, in one transaction."""
+        pipe = self.redis.pipeline()
+        pipe.lpush(reply_key, json.dumps(result))
+        pipe.expire(reply_key, keys.REPLY_TTL_SECONDS)
+        pipe.lrem(self.processing, 1, raw)
+        pipe.execute()
+        if label == "answered":
+            log.info("ingress.answered", request_id=result.get("request_id"), exit_code=result.get("exit_code"),
+                     message=result.get("message"))  # fmt: skip
+        return label
+
+    def _park(self, raw: bytes, reason: str) -> str:
+        """Keep an unanswerable message, with why, where an operator can read it (LRANGE)."""
+        entry = {
+            "reason": reason,
+            "ingress": self.id,
+            "at": time.time(),
+            "bytes": len(raw),
+            "message": raw[:DEAD_SHOWN_BYTES].decode("utf-8", errors="backslashreplace"),
+        }
+        pipe = self.redis.pipeline()
+        pipe.lpush(keys.REQUESTS_DEAD, json.dumps(entry))
+        pipe.ltrim(keys.REQUESTS_DEAD, 0, DEAD_MAX - 1)
+        pipe.lrem(self.processing, 1, raw)
+        pipe.execute()
+        log.warning("ingress.parked", reason=reason, bytes=len(raw))
+        return "parked"
+
+
+def serve(redis: Any, registry: Registry) -> None:
+    """`ifbus ingress`: run one ingress until it is told to stop."""
+    Ingress(redis, registry).run()
