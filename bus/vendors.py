@@ -101,7 +101,8 @@ VENDORS: Mapping[str, Vendor] = MappingProxyType(
                 ("user", "secret", "domain"),
                 ("secret",),
                 8888,
-                extra_options={"path": "/mi", "scheme": "http"},
+                # fr_timer mirrors tm's fr_timeout in deploy/opensips/opensips.cfg; poll_interval paces cache_fetch.
+                extra_options={"path": "/mi", "scheme": "http", "fr_timer": "5", "poll_interval": "0.05"},
             ),
             Vendor(
                 "twilio",

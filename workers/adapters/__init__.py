@@ -13,6 +13,7 @@ _ADAPTERS = {
     "freeswitch": "workers.adapters.freeswitch:FreeSwitchAdapter",
     "fusionpbx": "workers.adapters.fusionpbx:FusionPbxAdapter",
     "kamailio": "workers.adapters.kamailio:KamailioAdapter",
+    "opensips": "workers.adapters.opensips:OpensipsAdapter",
     "twilio": "workers.adapters.twilio:TwilioAdapter",
     "vonage": "workers.adapters.vonage:VonageAdapter",
 }
