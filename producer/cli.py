@@ -204,7 +204,9 @@ def add(
             raise InvalidInput(f"Server {name!r} already exists: use --replace to overwrite it")
         detected = detect_for_add(where, port, options)
         type_, port, options, host = detected.type, detected.port, detected.options, where
-    entry = ServerEntry.build(type_, auth_pairs, host, port, pool, options)
+    from bus.credentials import resolve_auth
+
+    entry = ServerEntry.build(type_, resolve_auth(type_, auth_pairs), host, port, pool, options)
     open_registry().add(name, entry, replace=replace)
     view = entry.public_view(name)
     added = f"Added {name} ({type_}) at {view['host'] or view['options'].get('base_url')}"
