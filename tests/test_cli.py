@@ -171,9 +171,8 @@ def test_corrupt_registry_clear_error_and_untouched(ifbus_env: Path) -> None:
     assert (ifbus_env / "sip_servers.json").read_bytes() == b'{"mykam": '
 
 
-def test_unsupported_vendor_operation_is_explained() -> None:
-    run(*SPEC_ADDS[0].split())
-    result = run("test", "sip", "myast")
-    assert result.exit_code == 2
-    assert "not available in this version" in result.stderr
-    assert "ifbus: embedded mode (IFBUS_MODE=inline)" in result.stderr
+def test_every_catalogue_type_has_an_adapter_of_that_type() -> None:
+    from bus.vendors import TYPES
+    from workers.adapters import adapter_class
+
+    assert {t: adapter_class(t).type for t in TYPES} == {t: t for t in TYPES}
