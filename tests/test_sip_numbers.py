@@ -23,7 +23,6 @@ from bus.sip import (
     reason_phrase,
     sip_to_q850,
     to_e164,
-    twilio_endpoint,
     vonage_number,
 )
 
@@ -113,9 +112,10 @@ def test_sip_uri_vendors_need_a_domain() -> None:
 
 
 def test_twilio_adapter_uses_the_shared_function() -> None:
+    from bus.sip import for_vendor
     from workers.adapters import twilio
 
-    assert twilio.twilio_endpoint is twilio_endpoint
+    assert twilio.for_vendor is for_vendor
     assert not hasattr(twilio, "_INTERNATIONAL") and not hasattr(twilio, "_SEPARATORS")
 
 
