@@ -99,17 +99,63 @@ class Router:
 
         Raises InvalidInput (2), NotFound (1), Unreachable (4: no worker); Redis errors propagate
         for the caller to class (before or after the job may have been queued)."""
-        check_public(request)
-        entry = entry or self.registry.get(request.server)
+        (outcome,) = self.admit_many([request], {request.server: entry} if entry else None)
+        if isinstance(outcome, BusError):
+            raise outcome
+        return outcome
+
+    def admit_many(
+        self, requests: list[BaseRequest], entries: dict[str, ServerEntry] | None = None
+    ) -> list[Admission | BusError]:
+        """`admit` for a batch, in order, each request's Admission or refusal: the registry is read
+        once and the dedupe claims take one round trip for the whole batch (the ingress drains its
+        list this way; the Python producer admits a batch of one)."""
+        outcomes: list[Admission | BusError | None] = [None] * len(requests)
+        snapshot, loaded = dict(entries or {}), False
+        admitted: list[tuple[int, BaseRequest, ServerEntry]] = []
+        for i, request in enumerate(requests):
+            try:
+                check_public(request)
+                if request.server not in snapshot and not loaded:
+                    snapshot, loaded = {**self.registry.entries(), **snapshot}, True
+                entry = snapshot.get(request.server) or self.registry.get(request.server)  # NotFound
+                admitted.append((i, request.rerouted(submitted_at=time.time()), entry))
+            except BusError as exc:
+                outcomes[i] = exc
+        claimed: list[Any] = []
+        if admitted:
+            pipe = self.redis.pipeline(transaction=False)
+            claims = RedisLedger(pipe)  # the ledger's own claim (key, lifetime), queued for one round trip
+            for _, request, _ in admitted:
+                claims.claim_request(request.request_id)
+            claimed = pipe.execute()
+        for n, ((i, request, entry), first) in enumerate(zip(admitted, claimed, strict=True)):
+            try:
+                outcomes[i] = self._route(request, entry, bool(first))
+            except Exception:
+                self._release([r for (_, r, _), mine in zip(admitted[n + 1 :], claimed[n + 1 :], strict=True) if mine])
+                raise
+        return [outcome for outcome in outcomes if outcome is not None]
+
+    def _release(self, unrouted: list[BaseRequest]) -> None:
+        """Redis failed mid-batch: the claims of requests not yet routed are dropped (when Redis still
+        answers), so sending them again is not mistaken for a duplicate. The one that failed keeps its
+        claim: its job may be on the queue."""
+        try:
+            for request in unrouted:
+                self.ledger.forget_request(request.request_id)
+        except Exception:  # Redis is gone: the claims expire after DEDUP_SECONDS
+            pass
+
+    def _route(self, request: BaseRequest, entry: ServerEntry, first: bool) -> Admission | BusError:
         queue = queue_name(entry.type)
-        request = request.rerouted(submitted_at=time.time())
         rid = request.request_id
-        if not self.ledger.claim_request(rid):
+        if not first:
             # Submitted before within the window: the first submission's answer, never a second call.
             return Admission(request, queue, duplicate=True, result=self.ledger.result(rid))
         if not self.served(queue):
             self.ledger.forget_request(rid)
-            raise Unreachable(
+            return Unreachable(
                 f"no worker serves {queue}: start `ifbus worker {entry.type}`, or set IFBUS_MODE=inline",
                 queue=queue,
             )

@@ -3,9 +3,11 @@ onto the vendor queues through the same path as the Python producer (bus.routing
 
 The contract it serves is docs/producers.md. What it promises:
 
-- nothing taken is lost: a request is moved atomically (BLMOVE) from `ifbus:requests` to this
-  ingress's own processing list and removed from it only in the same transaction that answers or
-  parks it, or after it was queued. An ingress that starts (and every RECOVER_SECONDS after) moves
+- nothing taken is lost: a request is moved atomically (LMOVE, BLMOVE when the list is empty)
+  from `ifbus:requests` to this ingress's own processing list and removed from it only in the same
+  transaction that answers or parks it, or after it was queued. A busy list is taken and admitted
+  BATCH requests per round trip (bus.routing.Router.admit_many), which is what lets one ingress
+  keep up with a Python producer that needs no extra hop. An ingress that starts (and every RECOVER_SECONDS after) moves
   back what a dead ingress (no heartbeat) left in its processing list. A kill between "queued" and
   "removed" means the request is seen again, found a duplicate, and answered twice: never called twice;
 - every request with a usable reply key gets exactly one answer of the `ifbus schema` result shape:
@@ -27,6 +29,7 @@ import socket
 import time
 import uuid
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,9 +38,9 @@ from redis.exceptions import RedisError
 from bus import keys
 from bus.errors import BusError, OutcomeUnknown
 from bus.logging import get_logger
-from bus.models import REQUEST_ID_RE
+from bus.models import REQUEST_ID_RE, BaseRequest
 from bus.registry import Registry
-from bus.routing import Router, failure, parse
+from bus.routing import Admission, Router, failure, parse
 
 log = get_logger("ifbus.ingress")
 
@@ -50,6 +53,18 @@ HEARTBEAT_SECONDS = 2.0
 INGRESS_TTL_SECONDS = 15  # an ingress silent this long is dead: its processing list is recovered
 RECOVER_SECONDS = 10.0
 REDIS_RETRY_MAX_SECONDS = 2.0
+BATCH = 32  # requests taken and admitted per round trip when the list is busy
+
+
+@dataclass(frozen=True)
+class _Parsed:
+    """A message that is a valid public request, and how to answer it."""
+
+    raw: bytes
+    request: BaseRequest
+    reply_key: str | None
+    op: str
+    server: str
 
 
 @dataclass
@@ -76,7 +91,7 @@ class Ingress:
         self.stopping = False
         self._beat_at = 0.0
         self._recover_at = 0.0
-        self._retry: bytes | None = None  # a message whose handling Redis interrupted
+        self._resume = False  # a batch was interrupted by Redis: handle the processing list again
 
     # ------------------------------------------------------------ lifecycle
 
@@ -140,7 +155,7 @@ class Ingress:
                 pipe.rpush(keys.REQUESTS, join.raw)
                 pipe.execute()
             self.joins = []
-            if self._retry is None and not self.redis.llen(self.processing):
+            if not self._resume and not self.redis.llen(self.processing):
                 pipe = self.redis.pipeline()
                 pipe.delete(keys.ingress(self.id))
                 pipe.srem(keys.INGRESSES, self.id)
@@ -148,40 +163,85 @@ class Ingress:
         except (RedisError, OSError) as exc:  # the heartbeat expires; another ingress recovers the rest
             log.warning("ingress.shutdown", ingress=self.id, error=str(exc))
 
-    # ------------------------------------------------------------ one message
+    # ------------------------------------------------------------ messages
 
     def step(self, block: float | None = None) -> bool:
-        """Take and handle at most one request; True when one was handled."""
+        """Take what is waiting (up to BATCH requests, else block for one) and handle it; True when
+        something was handled."""
         self.beat()
         if time.monotonic() >= self._recover_at:
             self.recover()
         if self.joins:
             self._serve_joins()
-        raw = self._retry
-        if raw is None:
+        raws = self._unfinished() if self._resume else self._take()
+        if not raws:
             wait = block if block is not None else JOIN_POLL_SECONDS if self.joins else IDLE_BLOCK_SECONDS
             raw = self.redis.blmove(keys.REQUESTS, self.processing, wait, "RIGHT", "LEFT")
             if raw is None:
                 return False
-        self._retry = raw
-        self.counts[self.handle(raw)] += 1
-        self._retry = None
+            raws = [raw]
+        self._resume = True  # until the batch is done: after a Redis error it is handled again
+        self.counts.update(self.handle(raws))
+        self._resume = False
         return True
 
-    def handle(self, raw: bytes) -> str:
-        """Queue, answer, park or join one raw message (already in this ingress's processing list).
+    def _take(self) -> list[bytes]:
+        """Move up to BATCH waiting requests, oldest first, in one round trip (none → [])."""
+        pipe = self.redis.pipeline(transaction=False)
+        for _ in range(BATCH):
+            pipe.lmove(keys.REQUESTS, self.processing, "RIGHT", "LEFT")
+        return [raw for raw in pipe.execute() if raw is not None]
 
-        Redis errors propagate (the message stays in the processing list and is retried); any other
-        failure parks the message, so no input can stop the ingress."""
+    def _unfinished(self) -> list[bytes]:
+        """What this ingress holds and has not finished (a batch Redis interrupted), oldest first."""
+        held = Counter(join.raw for join in self.joins)
+        out = []
+        for raw in reversed(self.redis.lrange(self.processing, 0, -1)):
+            if held[raw]:
+                held[raw] -= 1
+            else:
+                out.append(raw)
+        return out
+
+    def handle(self, raws: list[bytes]) -> list[str]:
+        """Queue, answer, park or join each raw message (already in this ingress's processing list);
+        one label per message.
+
+        Redis errors propagate (the messages stay in the processing list and are handled again); any
+        other failure parks the message it happened on, so no input can stop the ingress."""
+        labels: list[str] = []
+        parsed: list[_Parsed] = []
+        for raw in raws:
+            outcome = self._guarded(raw, lambda raw=raw: self._parse(raw))
+            if isinstance(outcome, _Parsed):
+                parsed.append(outcome)
+            else:
+                labels.append(outcome)
+        admissions = self.router.admit_many([p.request for p in parsed]) if parsed else []
+        finished = []
+        for item, admission in zip(parsed, admissions, strict=True):
+            label = self._guarded(item.raw, lambda item=item, admission=admission: self._dispose(item, admission))
+            labels.append(label)
+            if label in ("queued", "duplicate") and not (label == "duplicate" and item.reply_key):
+                finished.append(item.raw)
+        if finished:
+            pipe = self.redis.pipeline(transaction=False)
+            for raw in finished:
+                pipe.lrem(self.processing, 1, raw)
+            pipe.execute()
+        return labels
+
+    def _guarded(self, raw: bytes, work: Callable[[], Any]) -> Any:
         try:
-            return self._handle(raw)
+            return work()
         except (RedisError, OSError):
             raise
         except Exception as exc:  # a bug: park the message rather than loop on it or die
             log.error("ingress.bug", ingress=self.id, error=f"{type(exc).__name__}: {exc}")
             return self._park(raw, f"internal error ({type(exc).__name__}); please report it")
 
-    def _handle(self, raw: bytes) -> str:
+    def _parse(self, raw: bytes) -> _Parsed | str:
+        """The request in `raw`, or the label of what was done instead (parked, answered)."""
         if len(raw) > MAX_REQUEST_BYTES:
             return self._park(raw, f"larger than {MAX_REQUEST_BYTES} bytes")
         try:
@@ -192,25 +252,36 @@ class Ingress:
             return self._park(raw, f"not a JSON object (got {type(payload).__name__})")
         rid, reply_key = payload.get("request_id"), payload.get("reply_key")
         op = payload.get("op") if isinstance(payload.get("op"), str) else ""
-        server = payload.get("server") if isinstance(payload.get("server"), str) else ""
+        server = payload.get("server")[:64] if isinstance(payload.get("server"), str) else ""
         answerable = isinstance(rid, str) and REQUEST_ID_RE.fullmatch(rid) is not None
         if reply_key is not None and not (answerable and reply_key == keys.reply(rid)):
             shown = repr(reply_key)[:80]
             return self._park(raw, f"reply_key {shown} is not ifbus:reply:<request_id> of a valid request_id")
         try:
-            admission = self.router.admit(parse(payload))
+            request = parse(payload)
         except BusError as exc:
-            if reply_key is None:
-                return self._park(raw, exc.message)
-            return self._answer(raw, reply_key, failure(rid, op, server[:64], exc), "answered")
-        if not admission.duplicate or reply_key is None:
-            self.redis.lrem(self.processing, 1, raw)
-            return "duplicate" if admission.duplicate else "queued"
+            return self._refuse(raw, reply_key, rid, op, server, exc)
+        return _Parsed(raw, request, reply_key, op, server)
+
+    def _dispose(self, item: _Parsed, admission: Admission | BusError) -> str:
+        rid = item.request.request_id
+        if isinstance(admission, BusError):
+            return self._refuse(item.raw, item.reply_key, rid, item.op, item.server, admission)
+        if not admission.duplicate:
+            return "queued"
+        if item.reply_key is None:
+            return "duplicate"  # nobody waits for it: dropped
         if admission.result is not None:
-            return self._answer(raw, reply_key, admission.result, "duplicate")
+            return self._answer(item.raw, item.reply_key, admission.result, "duplicate")
         timeout = admission.request.timeout
-        self.joins.append(_Join(raw, rid, reply_key, op, server, time.monotonic() + timeout, timeout))
+        self.joins.append(_Join(item.raw, rid, item.reply_key, item.op, item.server, time.monotonic() + timeout,
+                                timeout))  # fmt: skip
         return "joined"
+
+    def _refuse(self, raw: bytes, reply_key: str | None, rid: Any, op: str, server: str, exc: BusError) -> str:
+        if reply_key is None:
+            return self._park(raw, exc.message)
+        return self._answer(raw, reply_key, failure(rid, op, server, exc), "answered")
 
     def _serve_joins(self) -> None:
         """Answer the waiting duplicates whose first submission has an answer now (or whose time is up)."""

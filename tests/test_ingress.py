@@ -219,10 +219,50 @@ def test_a_started_ingress_recovers_what_a_dead_one_left(redis: Redis, worker: W
     redis.lpush(keys.requests_processing("live-one"), json.dumps(request("req-0003-busy")))
     ing = Ingress(redis, open_registry(), ingress_id="new-one")
     ing.start()
-    assert ing.step(block=1) and ing.step(block=1) and not ing.step(block=0.1)
+    assert ing.step(block=1) and not ing.step(block=0.1)
+    assert ing.counts == {"queued": 2}
     assert [p["request_id"] for p in queued_payloads(redis)] == ["req-0001-old", "req-0002-new"]  # oldest first
     assert redis.llen(keys.requests_processing("live-one")) == 1  # a live ingress's work is left alone
     assert redis.smembers(keys.INGRESSES) == {b"live-one", b"new-one"}
+
+
+def test_a_busy_list_is_drained_in_batches_each_message_disposed_of_on_its_own(
+    redis: Redis, worker: Worker, ingress: Ingress
+) -> None:
+    for message in (request("req-batch-01"), b"nope", request("req-batch-02", op="dial"), request("req-batch-01"),
+                    request("req-batch-03", server="nosuch"), {"op": "test", "server": "mykam"}):  # fmt: skip
+        push(redis, message)
+    assert ingress.step(block=1) and not ingress.step(block=0.05)
+    assert ingress.counts == {"queued": 2, "parked": 1, "answered": 2, "joined": 1}
+    assert reply(redis, "req-batch-02")["exit_code"] == 2 and reply(redis, "req-batch-03")["exit_code"] == 1
+    first, fire_and_forget = (p["request_id"] for p in queued_payloads(redis))
+    assert first == "req-batch-01" and len(fire_and_forget) == 32
+    assert redis.lrange(ingress.processing, 0, -1) == [json.dumps(request("req-batch-01")).encode()]  # the join
+
+
+def test_a_batch_redis_interrupted_is_handled_again_not_lost(
+    redis: Redis, worker: Worker, ingress: Ingress, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from redis.exceptions import ConnectionError as RedisConnectionError
+
+    real = ingress.router.admit_many
+    calls = []
+
+    def flaky(requests: list[Any]) -> list[Any]:
+        calls.append(len(requests))
+        if len(calls) == 1:
+            raise RedisConnectionError("Connection reset by peer")
+        return real(requests)
+
+    monkeypatch.setattr(ingress.router, "admit_many", flaky)
+    push(redis, request("req-flaky-01"))
+    push(redis, request("req-flaky-02"))
+    with pytest.raises(RedisConnectionError):
+        ingress.step(block=1)
+    assert redis.llen(ingress.processing) == 2  # still held, not lost
+    assert ingress.step(block=1) and calls == [2, 2]
+    assert sorted(p["request_id"] for p in queued_payloads(redis)) == ["req-flaky-01", "req-flaky-02"]
+    assert redis.llen(ingress.processing) == 0
 
 
 def test_sigterm_hands_waiting_duplicates_back_and_exits_0(redis: Redis, worker: Worker, tmp_path: Path) -> None:
