@@ -13,6 +13,11 @@
 | `ifbus:health:<server>`       | hash   | worker     | none           | the server's breaker                        |
 | `ifbus:health:<server>:trial` | string | worker     | cool-down      | one half-open trial at a time               |
 | `ifbus:probe:<server>`        | string | prober     | probe interval | one probe per server per period             |
+| `ifbus:rate:<server>`         | hash   | worker     | 2 h idle       | limiter: waiter sequence, paused_until      |
+| `ifbus:rate:<server>:sent`    | zset   | worker     | 2 h idle       | originates in the CPS window (score: expiry)|
+| `ifbus:rate:<server>:live`    | zset   | worker     | 2 h idle       | calls in flight (score: lease expiry)       |
+| `ifbus:rate:<server>:queue`   | zset   | worker     | 2 h idle       | calls waiting for a slot, in arrival order  |
+| `ifbus:rate:<server>:waiting` | hash   | worker     | 2 h idle       | each waiter's lease (a dead one is skipped) |
 | `ifbus:requests`              | list   | any producer | none         | public JSON requests (docs/producers.md)    |
 | `ifbus:requests:processing:<ingress>` | list | ingress | none        | requests an ingress took, not yet done      |
 | `ifbus:requests:dead`         | list   | ingress    | capped length  | unanswerable requests, with the reason      |
@@ -77,6 +82,16 @@ def health_trial(server: str) -> str:
 
 def probe(server: str) -> str:
     return f"{PREFIX}probe:{server}"
+
+
+def rate(server: str) -> str:
+    return f"{PREFIX}rate:{server}"
+
+
+def rate_keys(server: str) -> tuple[str, str, str, str, str]:
+    """The limiter's keys for one server, in the order bus.ratelimit's script takes them."""
+    base = rate(server)
+    return base, base + ":sent", base + ":live", base + ":queue", base + ":waiting"
 
 
 # The public request list (the wire contract in docs/producers.md: stable) and the ingress's own keys.

@@ -26,6 +26,11 @@ _LAN = {
     "sip_port": "5060",
     "sip_transport": "udp",
     "sip_timeout": "1",
+    # Call-rate limits (bus/ratelimit.py; 0 = none). Generous: stock FreeSWITCH admits 30 sessions/s
+    # (switch.conf.xml sessions-per-second) and a click-to-call opens two legs, so 10 calls/s leaves the
+    # PBX headroom for its own traffic; concurrency is the PBX's business.
+    "cps": "10",
+    "max_concurrent": "0",
 }
 _CLOUD = {
     "connect_timeout": "5",
@@ -33,6 +38,10 @@ _CLOUD = {
     "attempts": "4",
     "breaker_threshold": "4",
     "breaker_cooldown": "15",
+    # The lowest call-create rate a cloud vendor documents as its default (Twilio's 1 CPS, vendors.md §10);
+    # a vendor entry states its own where it differs.
+    "cps": "1",
+    "max_concurrent": "0",
 }
 
 
@@ -112,7 +121,9 @@ VENDORS: Mapping[str, Vendor] = MappingProxyType(
                 ("auth_token",),
                 None,
                 base_url="https://api.twilio.com",
-                extra_options={"answer_timeout": "60", "poll_interval": "1"},
+                # cps: "By default, each account is granted one CPS for calls created via POST … /Calls"
+                # (twilio.com/docs/voice/api/call; vendors.md §5.3).
+                extra_options={"answer_timeout": "60", "poll_interval": "1", "cps": "1"},
             ),
             Vendor(
                 "vonage",

@@ -43,6 +43,7 @@ from bus.models import (
     TestRequest,
     parse_request,
 )
+from bus.ratelimit import Limiter, MemoryLimiter, RateLimited, RedisLimiter
 from bus.registry import open_registry
 from bus.server import ServerEntry
 from workers.adapters.base import Adapter, Answer, Until
@@ -61,6 +62,7 @@ class Context:
     health: HealthStore
     ledger: Ledger
     requeue: Callable[[BaseRequest], None] | None = None  # None: fail over in this process
+    limiter: Limiter | None = None  # per-server call-rate limits (bus.ratelimit); None: none enforced
 
 
 _inline: Context | None = None
@@ -72,7 +74,7 @@ _UNHEALTHY = frozenset({Outcome.UNREACHABLE, Outcome.OVERLOADED, Outcome.AMBIGUO
 def inline_context() -> Context:
     global _inline
     if _inline is None:
-        _inline = Context(MemoryHealth(), MemoryLedger())
+        _inline = Context(MemoryHealth(), MemoryLedger(), limiter=Limiter(MemoryLimiter()))
     return _inline
 
 
@@ -86,7 +88,8 @@ def run(payload: dict[str, Any]) -> dict[str, Any]:
     job = get_current_job()
     assert job is not None, "workers.jobs.run runs inside an RQ job"
     redis = job.connection
-    context = Context(RedisHealth(redis), RedisLedger(redis), requeue=lambda request: _requeue(redis, request))
+    context = Context(RedisHealth(redis), RedisLedger(redis), requeue=lambda request: _requeue(redis, request),
+                      limiter=Limiter(RedisLimiter(redis)))  # fmt: skip
     return execute(payload, mode="queue", context=context)
 
 
@@ -204,13 +207,20 @@ def _attempt(
         try:
             return _perform(adapter, request, deadline, context)
         except BusError as exc:
+            if isinstance(exc, RateLimited):
+                raise  # the bus's own limit, reached at the caller's deadline: says nothing of the server
             retryable = exc.outcome.transient or (
                 exc.outcome is Outcome.AMBIGUOUS and not isinstance(request, CallRequest)
             )
-            if exc.outcome in _UNHEALTHY:
+            retry_after = getattr(exc, "retry_after", None)
+            if exc.outcome is Outcome.OVERLOADED and retry_after is not None and context.limiter is not None:
+                slowed = context.limiter.slow(name, adapter.options, retry_after)  # "not now", not "down"
+            else:
+                slowed = False
+            if exc.outcome in _UNHEALTHY and not slowed:
                 auth = exc.outcome is Outcome.AUTH
                 context.health.failure(name, exc.message, threshold, cooldown, force_open=auth)
-            wait = backoff.delay(attempt, getattr(exc, "retry_after", None))
+            wait = backoff.delay(attempt, retry_after)
             if not retryable or attempt + 1 >= budget or time.monotonic() + wait >= deadline:
                 raise
             log.info("job.retry", server=name, attempt=attempt + 1, outcome=exc.outcome.value,
@@ -226,7 +236,7 @@ def _perform(adapter: Adapter, request: BaseRequest, deadline: float, context: C
         adapter.check_extras(request.extras, adapter.call_extras, "call")
         return place_call(
             adapter, context.ledger, request.request_id, request.from_, request.to, request.until,
-            dict(request.extras), deadline,
+            dict(request.extras), deadline, limiter=context.limiter,
         )  # fmt: skip
     if isinstance(request, HangupRequest):
         adapter.check_extras(request.extras, adapter.hangup_extras, "hangup")
@@ -245,8 +255,40 @@ def place_call(
     until: Until,
     extras: dict[str, str],
     deadline: float,
+    limiter: Limiter | None = None,
 ) -> Answer:
-    """originate, record, follow: the one place the after-acceptance rule is applied."""
+    """originate, record, follow: the one place the after-acceptance rule is applied; with a limiter,
+    inside a slot of the server's call-rate limits (bus.ratelimit), taken before the deadline or not at all.
+
+    max_concurrent counts a call from its slot until it settles; a call the bus stops following while
+    it may still ring (`until=accepted`, outcome unknown) stays counted for the server's ring window."""
+    slot = None
+    if limiter is not None:  # waits stop while connect_timeout is left: an originate needs at least that
+        give_up_at = deadline - adapter.option_float("connect_timeout")
+        slot = limiter.acquire(adapter.name, adapter.options, request_id, give_up_at, hold_until=deadline)
+    if slot is None:
+        return _place(adapter, ledger, request_id, from_, to, until, extras, deadline, lambda reached: None)
+    try:
+        answer = _place(adapter, ledger, request_id, from_, to, until, extras, deadline, slot.sent)
+    except BaseException as exc:
+        slot.done(ringing=isinstance(exc, OutcomeUnknown))
+        raise
+    slot.done(ringing=until == "accepted")
+    return answer
+
+
+def _place(
+    adapter: Adapter,
+    ledger: Ledger,
+    request_id: str,
+    from_: str,
+    to: str,
+    until: Until,
+    extras: dict[str, str],
+    deadline: float,
+    sent: Callable[[bool], None],
+) -> Answer:
+    """`sent(reached)` is told when the originate is over: whether the server got (or may have got) it."""
     holder = ledger.claim_send(request_id, adapter.name)
     if holder is not None:
         raise OutcomeUnknown(
@@ -257,15 +299,18 @@ def place_call(
     try:
         ref = adapter.originate(from_, to, extras, deadline)
     except BusError as exc:
+        sent(exc.outcome is not Outcome.UNREACHABLE)  # unreachable: nothing reached the server
         if exc.outcome.transient or exc.outcome is Outcome.AUTH:
             ledger.release_send(request_id)  # refused, nothing placed: sending again is safe
         raise
     except Exception as exc:  # a bug after the request may have left: never treat it as "nothing happened"
+        sent(True)
         raise OutcomeUnknown(
             f"{adapter.name}: the call request failed in an unexpected way ({type(exc).__name__}); "
             f"it may have been placed: check {adapter.name} before trying again",
             server=adapter.name,
         ) from exc
+    sent(True)
     ledger.record_call(ref)
     if until == "accepted":
         return adapter.accepted(ref)
