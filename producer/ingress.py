@@ -110,6 +110,10 @@ class Ingress:
                 log.warning("ingress.redis", ingress=self.id, error=str(exc), retry_in=wait)
                 time.sleep(wait)
                 wait = min(REDIS_RETRY_MAX_SECONDS, wait * 2)
+            except Exception as exc:  # a bug outside one message's handling: log it, keep serving
+                log.error("ingress.bug", ingress=self.id, error=f"{type(exc).__name__}: {exc}", retry_in=wait)
+                time.sleep(wait)
+                wait = min(REDIS_RETRY_MAX_SECONDS, wait * 2)
         self.shutdown()
         log.info("ingress.stopped", ingress=self.id, **self.counts)
 
@@ -290,7 +294,7 @@ class Ingress:
         waiting = []
         for join, body in zip(self.joins, stored, strict=True):
             if body is not None:
-                self._answer(join.raw, join.reply_key, json.loads(body), "duplicate")
+                self._answer(join.raw, join.reply_key, body, "duplicate")
             elif now >= join.deadline:
                 exc = OutcomeUnknown(
                     f"request {join.request_id} was submitted before and has no answer within {join.timeout:g} s; "
@@ -302,14 +306,15 @@ class Ingress:
                 waiting.append(join)
         self.joins = waiting
 
-    def _answer(self, raw: bytes, reply_key: str, result: dict[str, Any], label: str) -> str:
-        """Push the one answer and drop the message from the processing list, in one transaction."""
+    def _answer(self, raw: bytes, reply_key: str, result: dict[str, Any] | bytes, label: str) -> str:
+        """Push the one answer (a stored result is forwarded byte for byte) and drop the message from
+        the processing list, in one transaction."""
         pipe = self.redis.pipeline()
-        pipe.lpush(reply_key, json.dumps(result))
+        pipe.lpush(reply_key, result if isinstance(result, bytes) else json.dumps(result))
         pipe.expire(reply_key, keys.REPLY_TTL_SECONDS)
         pipe.lrem(self.processing, 1, raw)
         pipe.execute()
-        if label == "answered":
+        if isinstance(result, dict) and label == "answered":
             log.info("ingress.answered", request_id=result.get("request_id"), exit_code=result.get("exit_code"),
                      message=result.get("message"))  # fmt: skip
         return label
