@@ -108,6 +108,15 @@ def test_json_that_is_not_an_object_is_parked(redis: Redis, ingress: Ingress) ->
     assert dead(redis)[0]["reason"] == "not a JSON object (got list)"
 
 
+def test_deep_nesting_and_oversized_messages_are_parked_unread(redis: Redis, ingress: Ingress) -> None:
+    push(redis, b"[" * 20_000 + b"]" * 20_000)
+    push(redis, json.dumps(request(extras={"pad": "x" * 70_000})))
+    ingress.step(block=1)
+    reasons = sorted(entry["reason"] for entry in dead(redis))
+    assert reasons[0] == "larger than 65536 bytes" and reasons[1].startswith("not JSON (RecursionError")
+    assert all(len(entry["message"]) <= 4096 for entry in dead(redis))
+
+
 def test_a_foreign_reply_key_is_refused_and_parked(redis: Redis, worker: Worker, ingress: Ingress) -> None:
     push(redis, request(reply_key="sip.kamailio"))  # would make a worker push into an RQ queue
     ingress.step(block=1)
