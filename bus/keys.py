@@ -10,6 +10,7 @@
 | `ifbus:sent:<request_id>`     | string | worker     | DEDUP          | where an originate went (never twice)       |
 | `ifbus:lease:<request_id>`    | string | worker     | LEASE, renewed | a live worker holds the request             |
 | `ifbus:call:<call id>`        | string | worker     | CALL           | the CallRef JSON: who carries the call      |
+| `ifbus:calls:<server>`        | zset   | worker     | CALL           | names of the calls placed there (score: time)|
 | `ifbus:health:<server>`       | hash   | worker     | none           | the server's breaker                        |
 | `ifbus:health:<server>:trial` | string | worker     | cool-down      | one half-open trial at a time               |
 | `ifbus:probe:<server>`        | string | prober     | probe interval | one probe per server per period             |
@@ -70,6 +71,11 @@ def lease(request_id: str) -> str:
 
 def call(call_id: str) -> str:
     return f"{PREFIX}call:{call_id}"
+
+
+def calls(server: str) -> str:
+    """The recent calls the bus placed on `server` (`ifbus calls sip NAME`)."""
+    return f"{PREFIX}calls:{server}"
 
 
 def health(server: str) -> str:

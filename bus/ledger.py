@@ -51,6 +51,9 @@ class Ledger(Protocol):
 
     def call_ref(self, call_id: str) -> CallRef | None: ...
 
+    def recent_calls(self, server: str) -> list[tuple[CallRef, float]]:
+        """The calls placed on `server` within CALL_SECONDS, oldest first, with when (Unix time)."""
+
 
 class RedisLedger:
     def __init__(self, redis: Any) -> None:
@@ -115,14 +118,27 @@ class RedisLedger:
 
     def record_call(self, ref: CallRef) -> None:
         body = json.dumps(ref.to_json())
+        now = time.time()
+        recent = keys.calls(ref.server)
         pipe = self.redis.pipeline(transaction=False)
         for name in ref.names():
             pipe.set(keys.call(name), body, ex=CALL_SECONDS)
+        pipe.zadd(recent, dict.fromkeys(ref.names(), now), nx=True)  # nx: a name keeps its placing time
+        pipe.zremrangebyscore(recent, "-inf", now - CALL_SECONDS)
+        pipe.expire(recent, CALL_SECONDS)
         pipe.execute()
 
     def call_ref(self, call_id: str) -> CallRef | None:
         raw = self.redis.get(keys.call(call_id))
         return _parse_ref(raw)
+
+    def recent_calls(self, server: str) -> list[tuple[CallRef, float]]:
+        since = time.time() - CALL_SECONDS
+        names = self.redis.zrangebyscore(keys.calls(server), since, "+inf", withscores=True)
+        if not names:
+            return []
+        bodies = self.redis.mget([keys.call(name.decode()) for name, _ in names])
+        return _one_per_call((_parse_ref(body), at) for body, (_, at) in zip(bodies, names, strict=True))
 
 
 class MemoryLedger:
@@ -131,6 +147,7 @@ class MemoryLedger:
     def __init__(self) -> None:
         self._sent: dict[str, str] = {}
         self._calls: dict[str, CallRef] = {}
+        self._placed: dict[str, float] = {}  # name → when first recorded
 
     def claim_request(self, request_id: str) -> bool:
         return True
@@ -162,9 +179,28 @@ class MemoryLedger:
     def record_call(self, ref: CallRef) -> None:
         for name in ref.names():
             self._calls[name] = ref
+            self._placed.setdefault(name, time.time())
 
     def call_ref(self, call_id: str) -> CallRef | None:
         return self._calls.get(call_id)
+
+    def recent_calls(self, server: str) -> list[tuple[CallRef, float]]:
+        since = time.time() - CALL_SECONDS
+        placed = sorted((at, name) for name, at in self._placed.items() if at >= since)
+        return _one_per_call((self._calls[name], at) for at, name in placed if self._calls[name].server == server)
+
+
+def _one_per_call(found: Any) -> list[tuple[CallRef, float]]:
+    """A call is recorded under each of its names (and re-recorded once its call id is known): keep
+    one entry per call, its latest record, at the time it was first placed."""
+    calls: dict[str, tuple[CallRef, float]] = {}
+    for ref, at in found:
+        if ref is None:
+            continue  # expired or unreadable
+        key = json.dumps(ref.to_json(), sort_keys=True)
+        if key not in calls or at < calls[key][1]:
+            calls[key] = (ref, at)
+    return sorted(calls.values(), key=lambda item: item[1])
 
 
 def _parse_ref(raw: bytes | None) -> CallRef | None:

@@ -25,7 +25,15 @@ KIND_HELP = "the word `sip` (the spec's grammar: `if bus <command> sip <name>`)"
 
 
 def emit(as_json: bool, obj: dict[str, Any], line: str) -> None:
-    click.echo(json.dumps(obj, ensure_ascii=False) if as_json else line)
+    """A success: one line for people, or one JSON object (with its exit code, 0) for scripts."""
+    click.echo(json.dumps({"exit_code": 0, **obj}, ensure_ascii=False) if as_json else line)
+
+
+def emit_failure(as_json: bool, outcome: str, exit_code: int, message: str) -> None:
+    """A failure the bus did not class (click's usage errors, Ctrl-C): under --json the same shape as
+    `fail`, then the message on stderr."""
+    if as_json:
+        click.echo(json.dumps({"ok": False, "outcome": outcome, "exit_code": exit_code, "message": message}))
 
 
 def fail(exc: BusError, as_json: bool) -> NoReturn:
@@ -59,6 +67,7 @@ def guarded(func: Callable[..., None]) -> Callable[..., None]:
         except BusError as exc:
             fail(exc, as_json)
         except KeyboardInterrupt:
+            emit_failure(as_json, "interrupted", 130, "Interrupted")
             click.echo("Interrupted", err=True)
             sys.exit(130)
         except (click.exceptions.Exit, click.ClickException, SystemExit):
@@ -74,6 +83,50 @@ def check_kind(kind: str) -> None:
         raise click.UsageError(f"expected `sip` after the command, got {kind!r} (e.g. `ifbus list sip`)")
 
 
+def wants_json(args: list[str]) -> bool:
+    """`--json` among the options (before a `--`, after which words are values)."""
+    return "--json" in (args[: args.index("--")] if "--" in args else args)
+
+
+class JsonGroup(click.Group):
+    """With `--json` anywhere on the line, every outcome is one JSON object on stdout, click's own
+    usage errors included (`--port 99999`, `--until whenever`, `list sips`): they are raised while
+    parsing, before a command runs, so only the group's `main` can print them."""
+
+    def main(self, args: Any = None, prog_name: str | None = None, complete_var: str | None = None,
+             standalone_mode: bool = True, **extra: Any) -> Any:  # fmt: skip
+        argv = list(sys.argv[1:] if args is None else args)
+        as_json = wants_json(argv)
+        try:
+            rv = super().main(argv, prog_name, complete_var, standalone_mode=False, **extra)
+        except click.ClickException as exc:
+            outcome = "invalid" if exc.exit_code == 2 else "error"
+            emit_failure(as_json, outcome, exc.exit_code, exc.format_message())
+            exc.show()
+            sys.exit(exc.exit_code)
+        except click.exceptions.Abort:
+            emit_failure(as_json, "interrupted", 130, "Interrupted")
+            click.echo("Interrupted", err=True)
+            sys.exit(130)
+        except BrokenPipeError:  # `ifbus list sip | head -1`: the reader left, nothing to say
+            sys.stderr.close()
+            sys.exit(1)
+        if not standalone_mode:
+            return rv
+        sys.exit(rv if isinstance(rv, int) else 0)
+
+
+def _complete(name: str) -> Callable[..., Any]:
+    """A shell-completion callback from producer.completion, imported only when the shell asks."""
+
+    def callback(ctx: click.Context, param: click.Parameter, incomplete: str) -> Any:
+        from producer import completion
+
+        return getattr(completion, name)(ctx, param, incomplete)
+
+    return callback
+
+
 def json_option(func: Callable[..., None]) -> Callable[..., None]:
     return click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")(func)
 
@@ -85,12 +138,18 @@ class GreedyPairs(click.Command):
     greedy = ("--auth", "--opt")
 
     def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        if ctx.resilient_parsing:  # shell completion: a half-typed line is normal, never an error
+            return super().parse_args(ctx, self._rewrite(args))
+        return super().parse_args(ctx, self._rewrite(args, ctx))
+
+    def _rewrite(self, args: list[str], ctx: click.Context | None = None) -> list[str]:
+        """`--auth a=1 b=2` → `--auth a=1 --auth b=2`; with no ctx (completion) nothing is refused."""
         out: list[str] = []
         current: str | None = None  # the greedy option whose pairs are being read
         pending = False  # it has not taken a pair yet
         for arg in args:
             if arg in self.greedy:
-                if pending:
+                if pending and ctx is not None:
                     raise click.UsageError(f"{current} expects key=value words", ctx)
                 current, pending = arg, True
                 continue
@@ -99,13 +158,13 @@ class GreedyPairs(click.Command):
                     out += [current, part]
                 pending = False
                 continue
-            if pending:
+            if pending and ctx is not None:
                 raise click.UsageError(f"{current} expects key=value words, got {arg!r}", ctx)
             current = None
             out.append(arg)
-        if pending:
+        if pending and ctx is not None:
             raise click.UsageError(f"{current} expects key=value words", ctx)
-        return super().parse_args(ctx, out)
+        return out
 
 
 def _split_quoted(arg: str) -> list[str]:
@@ -117,7 +176,7 @@ def _split_quoted(arg: str) -> list[str]:
 # ---------------------------------------------------------------- commands
 
 
-@click.group(context_settings=CONTEXT)
+@click.group(cls=JsonGroup, context_settings=CONTEXT)
 @click.version_option(package_name="ifbus-sip", prog_name="ifbus")
 def cli() -> None:
     """Place, test and hang up calls on SIP/VoIP servers (Asterisk, FreeSWITCH, Kamailio, OpenSIPS,
@@ -138,19 +197,22 @@ def cli() -> None:
 
 
 @cli.command(cls=GreedyPairs, context_settings=CONTEXT)
-@click.argument("kind", metavar="sip")
-@click.argument("name")
-@click.argument("type_arg", metavar="[TYPE]", required=False)
+@click.argument("kind", metavar="sip", shell_complete=_complete("kinds"))
+@click.argument("name", shell_complete=_complete("server_names"))
+@click.argument("type_arg", metavar="[TYPE]", required=False, shell_complete=_complete("types"))
 @click.option(
     "--type",
     "type_opt",
+    shell_complete=_complete("types"),
     help=f"Server type: {', '.join(TYPES)}; left out or `auto`: detected by probing --host.",
 )
-@click.option("--auth", "auth", multiple=True, metavar="KEY=VALUE…", help="Credentials, e.g. --auth token=x realm=y.")
+@click.option("--auth", "auth", multiple=True, metavar="KEY=VALUE…", shell_complete=_complete("auth_keys"),
+              help="Credentials, e.g. --auth token=x realm=y.")
 @click.option("--host", help="Management host (default: the domain/realm given, else 127.0.0.1).")
 @click.option("--port", type=click.IntRange(1, 65535), help="Management port (default: the vendor's).")
 @click.option("--pool", help="Failover pool name (default: the server type).")
-@click.option("--opt", "opts", multiple=True, metavar="KEY=VALUE…", help="Per-server option, e.g. --opt path=/RPC.")
+@click.option("--opt", "opts", multiple=True, metavar="KEY=VALUE…", shell_complete=_complete("option_keys"),
+              help="Per-server option, e.g. --opt path=/RPC.")
 @click.option("--replace", is_flag=True, help="Overwrite an existing entry of the same name.")
 @json_option
 @guarded
@@ -218,7 +280,7 @@ def add(
 
 
 @cli.command("list", context_settings=CONTEXT)
-@click.argument("kind", metavar="sip")
+@click.argument("kind", metavar="sip", shell_complete=_complete("kinds"))
 @json_option
 @guarded
 def list_(kind: str, as_json: bool) -> None:
@@ -277,8 +339,8 @@ def _where(view: dict[str, Any]) -> str:
 
 
 @cli.command(context_settings=CONTEXT)
-@click.argument("kind", metavar="sip")
-@click.argument("name")
+@click.argument("kind", metavar="sip", shell_complete=_complete("kinds"))
+@click.argument("name", shell_complete=_complete("server_names"))
 @json_option
 @guarded
 def remove(kind: str, name: str, as_json: bool) -> None:
@@ -308,8 +370,8 @@ def job_options(func: Callable[..., None]) -> Callable[..., None]:
 
 
 @cli.command("test", context_settings=CONTEXT)
-@click.argument("kind", metavar="sip")
-@click.argument("name")
+@click.argument("kind", metavar="sip", shell_complete=_complete("kinds"))
+@click.argument("name", shell_complete=_complete("server_names"))
 @job_options
 @guarded
 def test_(kind: str, name: str, timeout: float | None, no_wait: bool, request_id: str | None, as_json: bool) -> None:
@@ -324,9 +386,9 @@ def test_(kind: str, name: str, timeout: float | None, no_wait: bool, request_id
 
 
 @cli.command(context_settings=CONTEXT)
-@click.argument("kind", metavar="sip")
-@click.argument("name")
-@click.argument("words", nargs=-1, metavar="from=… to=… [KEY=VALUE…]")
+@click.argument("kind", metavar="sip", shell_complete=_complete("kinds"))
+@click.argument("name", shell_complete=_complete("server_names"))
+@click.argument("words", nargs=-1, metavar="from=… to=… [KEY=VALUE…]", shell_complete=_complete("call_words"))
 @click.option(
     "--until",
     type=click.Choice(["answered", "accepted"]),
@@ -369,9 +431,9 @@ def call(
 
 
 @cli.command(context_settings=CONTEXT)
-@click.argument("kind", metavar="sip")
-@click.argument("name")
-@click.argument("words", nargs=-1, metavar="call_id=… [KEY=VALUE…]")
+@click.argument("kind", metavar="sip", shell_complete=_complete("kinds"))
+@click.argument("name", shell_complete=_complete("server_names"))
+@click.argument("words", nargs=-1, metavar="call_id=… [KEY=VALUE…]", shell_complete=_complete("hangup_words"))
 @job_options
 @guarded
 def hangup(
@@ -410,9 +472,7 @@ def _submit(
 ) -> None:
     from pydantic import ValidationError
 
-    from bus.logging import configure
     from bus.models import CallRequest, HangupRequest, TestRequest
-    from bus.paths import log_level
     from bus.settings import Settings
     from producer.api import Producer
 
@@ -420,7 +480,6 @@ def _submit(
         settings = Settings()
     except ValidationError as exc:
         raise InvalidInput(f"bad IFBUS_* environment: {_first_error(exc)}") from None
-    configure(log_level("WARNING"))
     model = {"test": TestRequest, "call": CallRequest, "hangup": HangupRequest}[op]
     fields = {**fields, "timeout": timeout or settings.timeout}
     if request_id:
@@ -451,9 +510,13 @@ def _submit(
 
 
 def embedded(payload: dict[str, Any], mode: str = "inline") -> dict[str, Any]:
-    """Embedded mode: the worker's job function in this process (imported only when it runs)."""
+    """Embedded mode: the worker's job function in this process (imported only when it runs, and
+    logging set up only then: a queue-mode producer logs nothing and never loads structlog)."""
+    from bus.logging import configure
+    from bus.paths import log_level
     from workers.jobs import execute
 
+    configure(log_level("WARNING"))
     return execute(payload, mode=mode)
 
 
@@ -498,8 +561,9 @@ def job(job_id: str, as_json: bool) -> None:
     help="Worker processes to run (each a non-forking RQ worker).",
 )
 @click.option("--burst", is_flag=True, help="Exit once the queues are empty.")
+@json_option
 @guarded
-def worker(types: tuple[str, ...], concurrency: int, burst: bool) -> None:
+def worker(types: tuple[str, ...], concurrency: int, burst: bool, as_json: bool) -> None:
     """Run RQ workers for vendor queues (all types by default).
 
     SIGTERM finishes the current job, then exits. Logs are JSON lines on stderr.
@@ -528,6 +592,8 @@ def worker(types: tuple[str, ...], concurrency: int, burst: bool) -> None:
         settings.log_level,
         settings.probe_interval,
     )
+    if as_json:  # the one object, once the workers have stopped
+        emit(True, {"ok": True, "stopped": True}, "")
 
 
 @cli.command(context_settings=CONTEXT)
@@ -560,11 +626,100 @@ def ingress() -> None:
 
 
 @cli.command(context_settings=CONTEXT)
-def schema() -> None:
-    """Print the JSON Schema of the job messages (request and result) for other producers."""
+@json_option
+@guarded
+def schema(as_json: bool) -> None:
+    """Print the JSON Schema of the job messages (request and result) for other producers.
+
+    \b
+    Example:
+      ifbus schema > ifbus-schema.json
+      ifbus schema --json | jq .schemas.request
+    """
     from bus.models import json_schemas
 
-    click.echo(json.dumps(json_schemas(), indent=2))
+    if as_json:
+        emit(True, {"ok": True, "schemas": json_schemas()}, "")
+    else:
+        click.echo(json.dumps(json_schemas(), indent=2))
+
+
+@cli.command(context_settings=CONTEXT)
+@click.argument("kind", metavar="sip", shell_complete=_complete("kinds"))
+@click.argument("name", shell_complete=_complete("server_names"))
+@json_option
+@guarded
+def calls(kind: str, name: str, as_json: bool) -> None:
+    """List the calls the bus placed on a server, and whether the server still carries them.
+
+    The bus's record (the ledger in Redis: calls of the last 24 h) is checked against the server
+    where it can tell: Kamailio's dialogs (`kamcmd dlg.list`); other types show "unknown" for now.
+    Embedded mode keeps no record between processes, so it lists nothing.
+
+    \b
+    Example:
+      ifbus calls sip mykam --json
+    """
+    from bus.registry import open_registry
+    from bus.settings import Settings
+    from producer.api import Producer
+
+    check_kind(kind)
+    entry = open_registry().get(name)
+    producer = Producer(Settings(), runner=embedded)
+    redis = producer._connect()  # the same mode rule as `call`: Redis when there is one
+    if redis is None:
+        note = "embedded mode: the bus keeps no record of calls between processes (set IFBUS_REDIS_URL)"
+        emit(as_json, {"ok": True, "server": name, "calls": [], "note": note}, f"No calls known: {note}")
+        return
+    from bus.ledger import RedisLedger
+    from workers.calls import carried
+
+    rows = carried(name, entry, RedisLedger(redis).recent_calls(name))
+    if as_json:
+        emit(True, {"ok": True, "server": name, "calls": rows}, "")
+        return
+    if not rows:
+        click.echo(f"No calls placed by the bus on {name} in the last 24 h")
+        return
+    table = [("CALL", "ACTIVE", "PLACED", "FROM -> TO")] + [_call_row(row) for row in rows]
+    widths = [max(len(r[i]) for r in table) for i in range(3)]
+    for row in table:
+        click.echo("  ".join(c.ljust(w) for c, w in zip(row[:3], widths, strict=True)) + "  " + row[3])
+
+
+def _call_row(row: dict[str, Any]) -> tuple[str, str, str, str]:
+    import time
+
+    active = {True: "yes", False: "no", None: "unknown"}[row["active"]]
+    placed = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(row["placed_at"]))
+    parties = f"{row['from_uri']} -> {row['to_uri']}" if row.get("from_uri") else ""
+    return (row.get("sip_call_id") or row["call_id"] or next(iter(row["handle"].values()), "?"), active, placed,
+            parties)  # fmt: skip
+
+
+@cli.command(context_settings=CONTEXT)
+@click.option("--hold", type=click.FloatRange(0, 60), default=1.0, show_default=True,
+              help="Seconds the call stays up before the hang-up.")  # fmt: skip
+@json_option
+@guarded
+def demo(hold: float, as_json: bool) -> None:
+    """Place one real call through the bus on this machine alone, then clean up.
+
+    Starts a private Kamailio (deploy/kamailio/kamailio.cfg) and two SIPp phones on free
+    127.0.0.1 ports, registers a server `demo` in a throwaway registry, places a call through the
+    bus (a private redis-server and `ifbus worker` when they can start, else embedded), lets it be
+    answered, hangs it up and prints the timeline. Everything started is stopped and removed at the
+    end, Ctrl-C included. Needs the kamailio and sipp programs (deploy/install.sh installs them).
+
+    \b
+    Example:
+      ifbus demo
+    """
+    from producer import demo as demo_
+
+    report = demo_.run(lambda line: click.echo(f"demo: {line}", err=True), hold=hold)
+    emit(as_json, report, demo_.render(report))
 
 
 # ---------------------------------------------------------------- entry points
@@ -579,6 +734,7 @@ def if_main(argv: list[str] | None = None) -> None:
     """`if bus …`: the spec's literal grammar; `if` alone is a shell keyword, hence `ifbus`."""
     args = sys.argv[1:] if argv is None else argv
     if not args or args[0] != "bus":
+        emit_failure(wants_json(args), "invalid", 2, "usage: if bus <command> sip … (same as `ifbus …`)")
         click.echo("usage: if bus <add|test|call|hangup|list|remove|worker|schema> sip … (same as `ifbus …`)", err=True)
         sys.exit(2)
     cli.main(args=args[1:], prog_name="if bus")

@@ -106,6 +106,12 @@ class Adapter(abc.ABC):
     def close(self) -> None:  # noqa: B027 - optional hook: adapters without connections have nothing to close
         """Release the session."""
 
+    def active_calls(self, refs: list[CallRef]) -> list[dict[str, Any]]:
+        """Which of these calls (the ledger's, placed here by the bus) the server still carries, for
+        `ifbus calls`: one dict per ref with `active` True/False and the server's facts. A vendor
+        that has no way to ask answers `active: None` (cannot tell) for each."""
+        return [{**ref.to_json(), "active": None} for ref in refs]
+
     # Helpers shared by adapters.
 
     def already_ended(self, call_id: str, detail: str = "") -> Answer:

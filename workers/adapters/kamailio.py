@@ -133,6 +133,38 @@ class KamailioAdapter(Adapter):
     def close(self) -> None:
         self.session.close()
 
+    def active_calls(self, refs: list[CallRef]) -> list[dict[str, Any]]:
+        """`dlg.list` once (kamcmd dlg.list), matched to the bus's calls by SIP Call-ID. Only the A→B
+        call is a dialog (the hold leg never is); a ref still known by its tracking id alone is looked
+        up in the c2c htable first (it connected after the bus stopped following it)."""
+        try:
+            found = self._rpc("dlg.list")
+        except RpcError as exc:
+            raise self._rpc_problem("dlg.list", exc) from None
+        if isinstance(found, dict):
+            found = [found]
+        live = [d for d in found or [] if isinstance(d, dict) and d.get("state") in CONFIRMED_STATES]
+        dialogs = {d.get("call-id"): d for d in live}
+        out = []
+        for ref in refs:
+            call_id = ref.call_id
+            track = ref.handle.get("tracking_id")
+            if call_id is None and track:
+                found_id = self._htable(f"{track}::b::callid")
+                call_id = str(found_id) if found_id is not None else None
+            dialog = dialogs.get(call_id) if call_id else None
+            row: dict[str, Any] = {**ref.to_json(), "active": dialog is not None}
+            if dialog is not None:
+                row.update(
+                    sip_call_id=call_id,
+                    state=dialog.get("state"),
+                    from_uri=dialog.get("from_uri"),
+                    to_uri=dialog.get("to_uri"),
+                    start_ts=dialog.get("start_ts"),
+                )
+            out.append(row)
+        return out
+
     # ------------------------------------------------------------ outcome tracking
 
     def _code(self, key: str) -> int | None:

@@ -1,0 +1,75 @@
+"""The light commands stay light: no heavy library loads for `--help`, `list`, `add`, `remove`, or
+a completion request. Each costs tens of milliseconds of start-up (`python -X importtime`;
+bench/startup.py measures whole processes), and these commands run in shell loops and on every TAB.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+HEAVY = ("pydantic", "pydantic_settings", "redis", "rq", "httpx", "structlog", "workers")
+
+PROBE = """
+import json, sys
+sys.argv = ["ifbus", *json.loads(sys.argv[1])]
+from producer.cli import main
+try:
+    main()
+except SystemExit:
+    pass
+print(json.dumps(sorted({m.split(".")[0] for m in sys.modules})), file=sys.stderr)
+"""
+
+
+def loaded(argv: list[str], env: dict[str, str]) -> set[str]:
+    done = subprocess.run([sys.executable, "-c", PROBE, json.dumps(argv)], env=env, capture_output=True, text=True,
+                          timeout=60)  # fmt: skip
+    return set(json.loads(done.stderr.strip().splitlines()[-1]))
+
+
+@pytest.fixture
+def env(ifbus_env: Path) -> dict[str, str]:
+    env = {**os.environ, "IFBUS_HOME": str(ifbus_env)}
+    for i in range(5):
+        argv = ["add", "sip", f"k{i}", "--type", "kamailio", "--auth", "token=t", "realm=127.0.0.1"]
+        subprocess.run([sys.executable, "-c", PROBE, json.dumps(argv)], env=env, check=True, capture_output=True)
+    return env
+
+
+LIGHT = [
+    ["--help"],
+    ["list", "sip"],
+    ["list", "sip", "--json"],
+    ["add", "sip", "new", "--type", "kamailio", "--auth", "token=t"],
+    ["remove", "sip", "k0"],
+    ["test", "--help"],
+    ["list", "sips", "--json"],
+]
+
+
+@pytest.mark.parametrize("argv", LIGHT, ids=[" ".join(a) for a in LIGHT])
+def test_light_commands_load_no_heavy_module(env: dict[str, str], argv: list[str]) -> None:
+    assert loaded(argv, env).isdisjoint(HEAVY), sorted(loaded(argv, env) & set(HEAVY))
+
+
+def test_completion_loads_no_heavy_module(env: dict[str, str]) -> None:
+    completing = {**env, "_IFBUS_COMPLETE": "bash_complete", "COMP_WORDS": "ifbus test sip k", "COMP_CWORD": "3"}
+    assert loaded([], completing).isdisjoint(HEAVY)
+
+
+def test_the_probe_does_see_heavy_modules(env: dict[str, str]) -> None:
+    """The check above would pass on a probe that saw nothing: `schema` must load pydantic."""
+    assert "pydantic" in loaded(["schema"], env)
+
+
+def test_queue_mode_producer_loads_no_logging_stack(env: dict[str, str], redis_url: str) -> None:
+    """A queue-mode producer logs nothing, so structlog stays out (here: no worker serves the queue)."""
+    queue = {**env, "IFBUS_MODE": "queue", "IFBUS_REDIS_URL": redis_url}
+    modules = loaded(["test", "sip", "k1", "--json"], queue)
+    assert "redis" in modules and "structlog" not in modules and "workers" not in modules
