@@ -1,36 +1,21 @@
 """structlog set-up for workers: JSON lines on stderr, secrets redacted by a processor.
 
 Redaction is a processor rather than discipline at each call site, so a credential that slips
-into an event (an auth dict, a URL with a password) is still masked on the way out.
+into an event (an auth dict, a URL with a password) is still masked on the way out. What counts as
+a secret is bus.secrets' one list, the same `list` and results use.
 """
 
 from __future__ import annotations
 
 import logging
-import re
 import sys
 from typing import Any
 
 import structlog
 
-_SECRET_KEY = re.compile(r"secret|token|password|passwd|apikey|api_secret|private|authorization", re.I)
-_URL_PASSWORD = re.compile(r"(\w+://[^:/@\s]*:)[^@\s]+@")
-_INLINE_SECRET = re.compile(r"(?i)\b((?:auth_)?token|secret|api_secret|password|passwd|apikey)([=:]\s*)[^\s&,;\"']+")
-_BEARER = re.compile(r"(?i)\b(bearer|basic)\s+[A-Za-z0-9._~+/=-]+")
+from bus.secrets import redact
 
-
-def redact(value: Any, key: str = "") -> Any:
-    if key and _SECRET_KEY.search(key):
-        return "****"
-    if isinstance(value, dict):
-        return {k: redact(v, str(k)) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return type(value)(redact(v) for v in value)
-    if isinstance(value, str):
-        value = _URL_PASSWORD.sub(r"\1****@", value)
-        value = _INLINE_SECRET.sub(r"\1\2****", value)
-        return _BEARER.sub(r"\1 ****", value)
-    return value
+__all__ = ["configure", "get_logger", "redact", "redact_secrets"]
 
 
 def redact_secrets(_logger: Any, _name: str, event: dict[str, Any]) -> dict[str, Any]:

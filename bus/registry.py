@@ -8,9 +8,11 @@ names, so a Redis-backed registry can be added later by implementing `Registry` 
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import json
 import os
+import stat
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,6 +23,31 @@ from bus.server import ServerEntry
 from bus.validate import check_name
 
 FILE_NAME = "sip_servers.json"
+LOCK_NAME = FILE_NAME + ".lock"
+MAX_FILE_BYTES = 16 * 1024 * 1024  # thousands of servers fit; a runaway file is refused, not parsed
+
+
+class _Object(dict):
+    """A JSON object that remembers keys given twice (json keeps the last one silently: a second
+    `"token"` or a second entry of the same name would otherwise win without a word)."""
+
+    def __init__(self, pairs: list[tuple[str, object]]) -> None:
+        super().__init__(pairs)
+        seen: set[str] = set()
+        self.duplicates = [k for k, _ in pairs if k in seen or seen.add(k)]
+
+
+def _no_duplicates(name: str, value: object) -> None:
+    """Refuse a key given twice anywhere inside entry `name`, naming it (iterative: any depth)."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, _Object):
+            if item.duplicates:
+                raise InvalidInput(f"entry {name!r}: key {item.duplicates[0]!r} appears twice")
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
 
 
 class Registry(Protocol):
@@ -57,6 +84,7 @@ class FileRegistry:
 
     def add(self, name: str, entry: ServerEntry, replace: bool = False) -> None:
         check_name(name)
+        entry.check_new()
         with self._locked():
             raw = self._read()
             self._parse(raw)  # an invalid entry anywhere means a corrupt file: never rewrite it
@@ -81,6 +109,7 @@ class FileRegistry:
         for name, value in raw.items():
             try:
                 check_name(name)
+                _no_duplicates(name, value)
                 parsed[name] = ServerEntry.from_dict(name, value)
             except BusError as exc:
                 raise RegistryError(
@@ -95,14 +124,27 @@ class FileRegistry:
             return {}
         except OSError as exc:
             raise RegistryError(f"Cannot read registry {self.path}: {exc.strerror or exc}") from None
+        if len(data) > MAX_FILE_BYTES:
+            raise RegistryError(
+                f"Registry {self.path} is {len(data)} bytes, more than {MAX_FILE_BYTES}: it was left untouched"
+            )
         try:
-            raw = json.loads(data.decode("utf-8")) if data.strip() else {}
+            raw = json.loads(data.decode("utf-8"), object_pairs_hook=_Object) if data.strip() else {}
+        except RecursionError:
+            raise RegistryError(
+                f"Registry {self.path} is corrupt (nested too deeply); it was left untouched: fix it or move it away"
+            ) from None
         except (UnicodeDecodeError, ValueError) as exc:
             raise RegistryError(
                 f"Registry {self.path} is corrupt ({exc}); it was left untouched: fix it or move it away"
             ) from None
         if not isinstance(raw, dict):
             raise RegistryError(f"Registry {self.path} is corrupt (expected a JSON object); it was left untouched")
+        if isinstance(raw, _Object) and raw.duplicates:
+            raise RegistryError(
+                f"Registry {self.path} has an invalid entry (entry {raw.duplicates[0]!r} appears twice); "
+                "it was left untouched"
+            )
         return raw
 
     def _write(self, raw: dict) -> None:
@@ -132,9 +174,17 @@ class FileRegistry:
         try:
             self.folder.mkdir(mode=0o700, parents=True, exist_ok=True)
             os.chmod(self.folder, 0o700)
-            fd = os.open(self.folder / (FILE_NAME + ".lock"), os.O_RDWR | os.O_CREAT, 0o600)
+            # O_NOFOLLOW: a symlink planted as the lock file would make us create or lock a file elsewhere.
+            fd = os.open(self.folder / LOCK_NAME, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
         except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                raise RegistryError(
+                    f"Registry lock {self.folder / LOCK_NAME} is a symbolic link: refused; remove it"
+                ) from None
             raise RegistryError(f"Cannot write registry in {self.folder}: {exc.strerror or exc}") from None
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise RegistryError(f"Registry lock {self.folder / LOCK_NAME} is not a regular file: refused; remove it")
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
             yield

@@ -6,14 +6,21 @@ prompt, and defining a pydantic model costs ~100 ms of start-up (bench/startup.p
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
 from bus.errors import InvalidInput
-from bus.validate import check_key, check_value
-from bus.vendors import is_secret, mask, vendor
+from bus.secrets import mask_userinfo
+from bus.validate import check_key, check_value, show
+from bus.vendors import is_secret, mask, missing_auth, vendor
 
 FIELDS = ("type", "auth", "host", "port", "pool", "options")
+# Numeric options: a value read with float() would take `nan`, `inf` and `-1` and turn them into a
+# socket timeout that never fires or an attempt budget of zero. Counts are whole numbers.
+COUNT_OPTIONS = frozenset({"attempts", "breaker_threshold"})
+MAX_SECONDS = 86400.0
+MAX_COUNT = 1000
 
 
 @dataclass(frozen=True)
@@ -45,18 +52,26 @@ class ServerEntry:
 
     @classmethod
     def from_dict(cls, name: str, raw: Any) -> ServerEntry:
-        """Parse a stored entry; anything off is reported with the entry's name."""
+        """Parse a stored entry; anything off (a wrong type, an unknown field) is reported with the
+        entry's name, never silently coerced: the registry is what decides where calls go."""
         if not isinstance(raw, dict) or not isinstance(raw.get("type"), str):
             raise InvalidInput(f"entry {name!r}: expected an object with a string 'type'")
-        auth = raw.get("auth") or {}
-        options = raw.get("options") or {}
-        if not isinstance(auth, dict) or not isinstance(options, dict):
-            raise InvalidInput(f"entry {name!r}: 'auth' and 'options' must be objects")
+        unknown = sorted(str(k) for k in raw if k not in FIELDS)
+        if unknown:
+            raise InvalidInput(f"entry {name!r}: unknown field {show(unknown[0])} (fields: {', '.join(FIELDS)})")
+        auth = _string_map(name, "auth", raw.get("auth", {}))
+        options = _string_map(name, "options", raw.get("options", {}))
         port = raw.get("port")
         if port is not None and (not isinstance(port, int) or isinstance(port, bool)):
             raise InvalidInput(f"entry {name!r}: 'port' must be a number")
+        for key in ("host", "pool"):
+            if raw.get(key) is not None and not isinstance(raw[key], str):
+                raise InvalidInput(f"entry {name!r}: {key!r} must be a string")
         entry = cls(raw["type"], auth, raw.get("host"), port, raw.get("pool"), options)
-        entry.check()
+        try:
+            entry.check()
+        except InvalidInput as exc:
+            raise InvalidInput(f"entry {name!r}: {exc.message}") from None
         return entry
 
     def check(self) -> None:
@@ -75,6 +90,22 @@ class ServerEntry:
             raise InvalidInput(f"port {self.port}: expected 1-65535")
         if self.pool is not None:
             check_value("pool", self.pool, 64)
+        defaults = vendor(self.type).defaults
+        for key, value in self.options.items():
+            check_option_number(key, value, defaults.get(key))
+
+    def check_new(self) -> None:
+        """What `add` requires beyond a readable entry: the type's credentials (an entry that cannot
+        log in would join its failover pool and fail every call sent there), and no credentials in
+        an option's URL (they belong in --auth, which is masked and never leaves the registry)."""
+        missing = missing_auth(self.type, self.auth)
+        if missing:
+            raise InvalidInput(f"{self.type} needs credentials: --auth {missing}")
+        for key, value in self.options.items():
+            if mask_userinfo(value) != value:
+                raise InvalidInput(
+                    f"option {key}: credentials in a URL ('user:password@') are not accepted; give them with --auth"
+                )
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -111,5 +142,51 @@ class ServerEntry:
             "port": self.effective_port,
             "pool": self.pool_name,
             "auth": self.masked_auth(),
-            "options": self.effective_options,
+            "options": self.masked_options(),
         }
+
+    def masked_options(self) -> dict[str, str]:
+        """Effective options with secret-named values masked and any URL userinfo hidden."""
+        return {k: mask(v) if is_secret(self.type, k) else mask_userinfo(v) for k, v in self.effective_options.items()}
+
+
+def _string_map(name: str, field_name: str, value: Any) -> dict[str, str]:
+    """`auth`/`options` as stored: an object of strings (`"auth": []` or a number is an error)."""
+    if not isinstance(value, dict):
+        raise InvalidInput(f"entry {name!r}: {field_name!r} must be an object of strings, not {type(value).__name__}")
+    for key, item in value.items():
+        if not isinstance(item, str):
+            raise InvalidInput(f"entry {name!r}: {field_name}.{key} must be a string, not {type(item).__name__}")
+    return dict(value)
+
+
+def check_option_number(key: str, value: str, default: str | None) -> None:
+    """Options that are numbers (the class default is one, or the name says port/timeout/count) must be
+    finite and in range: `abc`, `nan`, `inf`, `-1`, `0` for a timeout are refused with the accepted form."""
+    if not _numeric_option(key, default):
+        return
+    try:
+        number = float(value)
+    except ValueError:
+        number = math.nan
+    if key.endswith("_port"):
+        if not (math.isfinite(number) and number.is_integer() and 0 < number < 65536):
+            raise InvalidInput(f"option {key}={show(value)}: expected a port number 1-65535")
+        return
+    if key in COUNT_OPTIONS:
+        if not math.isfinite(number) or not number.is_integer() or not 1 <= number <= MAX_COUNT:
+            raise InvalidInput(f"option {key}={show(value)}: expected a whole number 1-{MAX_COUNT}")
+        return
+    if not math.isfinite(number) or not 0 < number <= MAX_SECONDS:
+        raise InvalidInput(f"option {key}={show(value)}: expected a number of seconds > 0 and ≤ {MAX_SECONDS:.0f}")
+
+
+def _numeric_option(key: str, default: str | None) -> bool:
+    if key.endswith(("_port", "_timeout", "_timer", "_interval", "_lifetime", "_cooldown")) or key in COUNT_OPTIONS:
+        return True
+    if default is None:
+        return False
+    try:
+        return math.isfinite(float(default))
+    except ValueError:
+        return False

@@ -12,6 +12,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
+from bus import secrets as _secrets
+
 # Timeouts in seconds; `attempts` is the per-server attempt budget for transient failures;
 # `breaker_threshold` failed attempts in a row open a server's breaker for `breaker_cooldown` s.
 # A LAN server that refuses is down (fail over fast, look again soon); a cloud API mostly sheds load
@@ -156,8 +158,22 @@ VENDORS: Mapping[str, Vendor] = MappingProxyType(
 
 TYPES: tuple[str, ...] = tuple(VENDORS)
 
-# Words in a key that mark its value as a secret, for keys no vendor entry names.
-SECRET_WORDS = ("secret", "token", "password", "passwd", "apikey", "api_key", "key", "private")
+# Words in a key that mark its value as a secret live in bus.secrets, shared with log redaction.
+SECRET_WORDS = _secrets.SECRET_WORDS
+
+# The credentials each type cannot work without: alternatives, one of which must be complete. `add`
+# refuses an entry that has none (it would join its failover pool and fail every call there).
+REQUIRED_AUTH: Mapping[str, tuple[tuple[str, ...], ...]] = MappingProxyType(
+    {
+        "asterisk": (("user", "secret"),),  # AMI Login
+        "freeswitch": (("apikey",),),  # ESL `auth <password>`
+        "kamailio": (("token",),),  # the Bearer token deploy/kamailio checks
+        "opensips": ((),),  # mi_http has no auth of its own (user/secret: HTTP Basic when given)
+        "twilio": (("account_sid", "auth_token"),),
+        "vonage": (("api_key", "api_secret"), ("application_id", "private_key")),
+        "fusionpbx": (("username", "password"),),  # the web login
+    }
+)
 
 
 def vendor(type_: str) -> Vendor:
@@ -171,13 +187,17 @@ def vendor(type_: str) -> Vendor:
 
 
 def is_secret(type_: str, key: str) -> bool:
+    """The catalogue's secret keys for this type, or any key bus.secrets calls secret by its name."""
     entry = VENDORS.get(type_)
-    if entry is not None and key in entry.secret_keys:
-        return True
-    lowered = key.lower()
-    return any(word in lowered for word in SECRET_WORDS) and key not in ("api_key", "account_sid")
+    return (entry is not None and key in entry.secret_keys) or _secrets.is_secret_key(key)
 
 
-def mask(value: str) -> str:
-    """Enough to tell two long secrets apart, never enough to guess one."""
-    return "****" + value[-2:] if len(value) >= 12 else "****"
+mask = _secrets.mask
+
+
+def missing_auth(type_: str, auth: Mapping[str, str]) -> str | None:
+    """None when `auth` completes one of the type's REQUIRED_AUTH alternatives, else what to add."""
+    options = REQUIRED_AUTH.get(type_, ((),))
+    if any(all(auth.get(key) for key in keys) for keys in options):
+        return None
+    return " or ".join(" ".join(f"{key}=…" for key in keys) for keys in options)
