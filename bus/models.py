@@ -7,17 +7,23 @@ that `ifbus schema` prints.
 
 from __future__ import annotations
 
+import re
 import uuid
 from collections.abc import Callable
 from typing import Annotated, Any, Literal, Self
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, TypeAdapter
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, TypeAdapter, model_validator
 from pydantic.json_schema import SkipJsonSchema
 
+from bus import keys
 from bus.errors import BusError, Outcome
+from bus.sip import check_call_id
 from bus.validate import check_key, check_name, check_value
 
 SCHEMA_VERSION = 1
+# The one definition of a request id (it is also the RQ job id and part of every per-request key).
+REQUEST_ID_PATTERN = r"[A-Za-z0-9_-]{8,64}"
+REQUEST_ID_RE = re.compile(REQUEST_ID_PATTERN)
 
 
 def _checked(check: Callable[[str], str]) -> AfterValidator:
@@ -35,6 +41,7 @@ def _checked(check: Callable[[str], str]) -> AfterValidator:
 ServerName = Annotated[str, _checked(check_name)]
 Word = Annotated[str, _checked(lambda v: check_value("value", v))]
 Key = Annotated[str, _checked(check_key)]
+CallId = Annotated[str, _checked(check_call_id)]
 
 
 def new_request_id() -> str:
@@ -61,13 +68,22 @@ class BaseRequest(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
     schema_version: Literal[1] = SCHEMA_VERSION
-    request_id: str = Field(default_factory=new_request_id, pattern=r"^[A-Za-z0-9_-]{8,64}$")
+    request_id: str = Field(default_factory=new_request_id, pattern=f"^{REQUEST_ID_PATTERN}$")
     server: ServerName
     reply_key: str | None = Field(
         default=None, description="Redis list the worker LPUSHes the JobResult JSON to; None = nobody waits"
     )
     timeout: float = Field(default=60.0, gt=0, le=3600, description="Seconds the caller waits for the answer")
     routing: SkipJsonSchema[Routing] = Field(default_factory=Routing, description="internal (bus.models.Routing)")
+
+    @model_validator(mode="after")
+    def _own_reply_key(self) -> BaseRequest:
+        """A worker LPUSHes the result to `reply_key`: anything but this request's own reply list would
+        let whoever writes a job make a worker push into another key (an RQ queue, another caller's
+        reply). So the only accepted value is `ifbus:reply:<request_id>` (bus.keys.reply)."""
+        if self.reply_key is not None and self.reply_key != keys.reply(self.request_id):
+            raise ValueError(f"reply_key must be {keys.reply(self.request_id)!r} (this request's own reply list)")
+        return self
 
     # Read-only views of the envelope, for the workers' failover code.
     @property
@@ -119,7 +135,7 @@ class HangupRequest(BaseRequest):
     """End a call by the id `call` returned."""
 
     op: Literal["hangup"] = "hangup"
-    call_id: Word
+    call_id: CallId
     extras: dict[Key, Word] = Field(default_factory=dict)
 
 
@@ -147,9 +163,31 @@ class JobResult(BaseModel):
     errors: dict[str, str] = Field(default_factory=dict, description="last error on each server given up on")
     mode: Literal["queue", "inline"] = "queue"
 
+    @model_validator(mode="after")
+    def _no_secrets(self) -> JobResult:
+        """A result travels to Redis (`ifbus:result:*`, reply lists) and to the caller's screen: free
+        text in it (an adapter's error quoting a URL, a server's message) passes bus.secrets' masking."""
+        from bus.secrets import redact_text
+
+        self.message = redact_text(self.message)
+        self.reason = redact_text(self.reason) if self.reason else self.reason
+        self.errors = {k: redact_text(v) for k, v in self.errors.items()}
+        self.data = _redacted(self.data)
+        return self
+
     @property
     def ok(self) -> bool:
         return self.outcome is Outcome.OK
+
+
+def _redacted(value: Any) -> Any:
+    from bus.secrets import redact_text
+
+    if isinstance(value, dict):
+        return {k: _redacted(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_redacted(v) for v in value]
+    return redact_text(value) if isinstance(value, str) else value
 
 
 def parse_request(payload: Any) -> BaseRequest:

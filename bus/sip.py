@@ -1,6 +1,7 @@
 """SIP facts adapters share, in one place so no adapter grows its own copy.
 
-- URI forms: `sip_uri` (bare extension + realm/domain → `sip:ext@realm`), `with_uri_param`;
+- URI forms: `sip_uri` (bare extension + realm/domain → `sip:ext@realm`), `with_uri_param`, and the
+  one wire grammar every party and call id must pass (`check_sip_uri`, `check_party`, `check_call_id`);
 - numbers: `tel:` URIs (RFC 3966), E.164 (ITU-T E.164: `+`, country code, at most 15 digits) and the
   form each vendor wants (`for_vendor`; Twilio's rules in `twilio_endpoint`);
 - response codes: RFC 3261 §21 reason phrases, and the Q.850 cause ↔ SIP response tables of
@@ -88,22 +89,148 @@ def reason_phrase(code: int) -> str:
 
 
 def sip_uri(party: str, domain: str) -> str:
-    """`1001` → `sip:1001@domain`; `alice@host` → `sip:alice@host`; a sip:/sips: URI is kept."""
+    """`1001` → `sip:1001@domain`; `alice@host` → `sip:alice@host`; a sip:/sips: URI is kept.
+
+    One pair of enclosing `<…>` is dropped (people paste name-addr forms); whatever results must
+    pass `check_sip_uri`, so nothing outside the grammar is ever returned.
+    """
+    check_value("party", party)
     value = party.strip()
     if value.startswith("<") and value.endswith(">"):
         value = value[1:-1]
     lowered = value.lower()
     if lowered.startswith(("sip:", "sips:")):
-        return value
+        return check_sip_uri(value, "party")
     if ":" in value.split("@", 1)[0] or any(c in value for c in " <>\"'"):
-        raise InvalidInput(f"{party!r}: expected an extension, user@host or a sip: URI")
-    return f"sip:{value}" if "@" in value else f"sip:{value}@{domain}"
+        raise InvalidInput(f"{_show(party)}: expected an extension, user@host or a sip: URI")
+    return check_sip_uri(f"sip:{value}" if "@" in value else f"sip:{value}@{domain}", "party")
 
 
 def with_uri_param(uri: str, name: str, value: str) -> str:
-    """Add `;name=value` to the URI part (before any `?headers`), as RFC 3261 §19.1.1 places it."""
-    base, sep, headers = uri.partition("?")
-    return f"{base};{name}={value}{sep}{headers}"
+    """`uri;name=value`: the result must pass `check_sip_uri`, so a parameter already there (a forged
+    `c2c=`), a delimiter in the value, or URI headers in `uri` are refused, never sent."""
+    if not _PNAME.fullmatch(name) or not _PVALUE.fullmatch(value):
+        raise InvalidInput(f"bad URI parameter {_show(name)}={_show(value)}")
+    return check_sip_uri(f"{uri};{name}={value}", "uri")
+
+
+# ---------------------------------------------------------------- the wire grammar (RFC 3261 §25.1)
+#
+# Every party a user or another service names ends up inside a protocol line: a Refer-To header
+# (Kamailio), a request URI, an AMI `Channel:` line, an ESL originate string. So what may leave
+# this module is one strict grammar, checked in one place (`check_sip_uri`, `check_party`), and
+# `for_vendor` applies it to whatever it returns, for every vendor.
+#
+# The grammar is a conservative subset of RFC 3261's SIP-URI: `sip:`/`sips:` user@host[:port]
+# and `;name[=value]` parameters. Refused, though some are legal somewhere in RFC 3261:
+# - URI headers (`?X-Header=…`): they become headers of the request the callee sends (`?Replaces=`
+#   takes over another call); `<`, `>`, `,`, `"` and whitespace: they end a URI inside a header
+#   and start another target;
+# - a password in the userinfo (RFC 3261 §19.1.1: NOT RECOMMENDED; it would be a secret on the wire);
+# - user characters RFC 3261 allows but downstream line protocols treat as delimiters
+#   (`& = $ , ; ? / ' ( )`: ESL, AMI dial strings); escaped control bytes (`%00`-`%1F`, `%7F`);
+# - the `method` parameter (RFC 3515: in a Refer-To it makes the callee send that method instead of
+#   INVITE, e.g. a BYE that ends somebody else's call) and any parameter given twice (RFC 3261
+#   §19.1.1: a parameter appears at most once; a second `c2c=` would forge our tracking mark).
+
+_ESCAPED = r"%(?:[2-6][0-9A-Fa-f]|7[0-9A-Ea-e]|[89A-Fa-f][0-9A-Fa-f])"  # %XX, never a control byte
+_USER = rf"(?:[A-Za-z0-9\-_.!~*+]|{_ESCAPED})+"
+_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+_HOSTNAME = rf"(?:{_LABEL}\.)*[A-Za-z](?:[A-Za-z0-9-]{{0,61}}[A-Za-z0-9])?\.?"
+_OCTET = r"(?:25[0-5]|2[0-4][0-9]|1[0-9]{2}|[1-9]?[0-9])"
+_IPV4 = rf"{_OCTET}(?:\.{_OCTET}){{3}}"
+_IPV6_REF = r"\[[0-9A-Fa-f:.]{2,45}\]"
+HOST_RE = re.compile(rf"{_HOSTNAME}|{_IPV4}|{_IPV6_REF}")
+_PNAME = re.compile(r"[A-Za-z0-9\-_.!~*+]{1,32}")
+_PVALUE = re.compile(rf"(?:[A-Za-z0-9\-_.!~*+\[\]/:]|{_ESCAPED}){{1,128}}")
+_SIP_URI = re.compile(
+    rf"(?P<scheme>sips?):(?:(?P<user>{_USER})@)?(?P<host>{_IPV6_REF}|[^:;]+)"
+    rf"(?::(?P<port>[0-9]{{1,5}}))?(?P<params>(?:;[^;]*)*)",
+    re.IGNORECASE,
+)
+FORBIDDEN_PARAMS = frozenset({"method"})
+MAX_URI = 256
+# A dialable word for a PBX (Asterisk, FreeSWITCH, FusionPBX): an extension, a number, or a
+# technology/resource form like `PJSIP/1001`; never a dial-string delimiter (`& , | ( ) { } $ ^ ;`).
+DIAL_WORD_RE = re.compile(r"[A-Za-z0-9_.+*#/@:-]{1,128}")
+# Twilio's non-SIP identities: `client:` names (alphanumerics and `_`, per Twilio), `sim:` SIDs.
+TWILIO_IDENTITY_RE = re.compile(r"(?:client:[A-Za-z0-9_.-]{1,121}|sim:DE[0-9a-fA-F]{32})")
+# A call id as servers hand them out (Twilio CallSid, Kamailio/ESL ids, Asterisk channel names such
+# as `Local/1001@default-00000001;1`): RFC 3261 `word [@ word]` minus quotes, brackets and braces.
+CALL_ID_RE = re.compile(r"[A-Za-z0-9\-_.!%*+~:/@;]{1,256}")
+
+
+def check_sip_uri(value: str, role: str = "uri") -> str:
+    """`value` if it is a SIP URI in the grammar above, else InvalidInput saying what is wrong."""
+    check_value(role, value, MAX_URI)
+    bad = next((c for c in value if c.isspace() or c in '<>,"?'), None)
+    if bad is not None:
+        what = "URI headers ('?…')" if bad == "?" else f"{bad!r}"
+        raise InvalidInput(
+            f"{role}={_show(value)}: {what} not allowed in a SIP URI; expected sip:user@host[:port][;param=value]"
+        )
+    match = _SIP_URI.fullmatch(value)
+    if match is None:
+        raise InvalidInput(
+            f"{role}={_show(value)}: not a SIP URI this bus sends: expected sip:user@host[:port][;param=value] "
+            "(user: letters, digits, - _ . ! ~ * + or %XX; no password, no headers)"
+        )
+    if "@" in match["host"]:
+        raise InvalidInput(
+            f"{role}={_show(value)}: bad user part: use letters, digits, - _ . ! ~ * + or %XX (no password)"
+        )
+    if not HOST_RE.fullmatch(match["host"]):
+        raise InvalidInput(f"{role}={_show(value)}: {_show(match['host'])} is not a hostname or IP address")
+    if match["port"] is not None and not 0 < int(match["port"]) < 65536:
+        raise InvalidInput(f"{role}={_show(value)}: port {match['port']} is not 1-65535")
+    _check_params(value, role, match["params"])
+    return value
+
+
+def _check_params(value: str, role: str, params: str) -> None:
+    seen: set[str] = set()
+    for param in params.split(";")[1:]:
+        name, sep, pvalue = param.partition("=")
+        if not _PNAME.fullmatch(name) or (sep and not _PVALUE.fullmatch(pvalue)):
+            raise InvalidInput(f"{role}={_show(value)}: bad URI parameter {_show(param)}")
+        lowered = name.lower()
+        if lowered in FORBIDDEN_PARAMS:
+            raise InvalidInput(f"{role}={_show(value)}: the {name!r} URI parameter is not allowed")
+        if lowered in seen:
+            raise InvalidInput(f"{role}={_show(value)}: URI parameter {name!r} given twice")
+        seen.add(lowered)
+
+
+def is_sip_uri(value: str) -> bool:
+    try:
+        check_sip_uri(value)
+    except InvalidInput:
+        return False
+    return True
+
+
+def check_party(value: str, role: str = "party") -> str:
+    """The last gate before a party reaches any wire: a SIP URI in the grammar, a Twilio identity, or
+    a dialable word (digits, `+`, `*`, `#`, an extension, `PJSIP/1001`). Every vendor form passes here."""
+    check_value(role, value)
+    if value.lower().startswith(("sip:", "sips:")):
+        return check_sip_uri(value, role)
+    if TWILIO_IDENTITY_RE.fullmatch(value) or DIAL_WORD_RE.fullmatch(value):
+        return value
+    raise InvalidInput(
+        f"{role}={_show(value)}: expected a number, an extension (letters, digits, + * # . _ - / @ :) "
+        "or a SIP URI sip:user@host"
+    )
+
+
+def check_call_id(value: str, role: str = "call_id") -> str:
+    """A call id as servers issue them; anything that could end a protocol line or header is refused."""
+    check_value(role, value, 256)
+    if not CALL_ID_RE.fullmatch(value):
+        raise InvalidInput(
+            f"{role}={_show(value)}: expected the id `call` printed (letters, digits and - _ . ! % * + ~ : / @ ;)"
+        )
+    return value
 
 
 # ---------------------------------------------------------------- numbers: tel: and E.164
@@ -182,14 +309,16 @@ def twilio_endpoint(value: str, role: str) -> str:
       `+`, a country code not starting with 0, at most 15 digits; otherwise InvalidInput.
     - `00` followed by 8–15 digits (the ITU international prefix) becomes `+…`: clearly E.164.
     - a global `tel:` URI becomes its E.164 number.
-    - Everything else (bare digits, short codes) passes unchanged and Twilio decides: a bare digit
-      string is not clearly E.164 (11 digits may be `1 415…` or a Chinese mobile `138…`), so no `+`
-      is guessed; Twilio refuses what it cannot read with 21211/21217 (→ SIP 484).
+    - Everything else dialable (`check_party`: bare digits, short codes) passes unchanged and Twilio
+      decides: a bare digit string is not clearly E.164 (11 digits may be `1 415…` or a Chinese
+      mobile `138…`), so no `+` is guessed; Twilio refuses what it cannot read with 21211/21217 (→ SIP 484).
     """
     check_value(role, value)
     lowered = value.lower()
+    if lowered.startswith(("sip:", "sips:")):
+        return check_sip_uri(value, role)
     if lowered.startswith(_IDENTITY_PREFIXES):
-        return value
+        return check_party(value, role)
     if lowered.startswith("tel:"):
         return parse_tel(value).number if to_e164(value) else value
     compact = _SEPARATORS.sub("", value)
@@ -203,7 +332,7 @@ def twilio_endpoint(value: str, role: str) -> str:
     international = _INTERNATIONAL.fullmatch(compact)
     if international:
         return "+" + international.group(1)
-    return value
+    return check_party(value, role)
 
 
 def vonage_number(value: str, role: str) -> str:
@@ -214,7 +343,7 @@ def vonage_number(value: str, role: str) -> str:
     """
     check_value(role, value)
     if value.lower().startswith(("sip:", "sips:")):
-        return value
+        return check_sip_uri(value, role)
     e164 = to_e164(value)
     if e164:
         return e164[1:]
@@ -230,12 +359,13 @@ def vonage_number(value: str, role: str) -> str:
 def dial_string(value: str, role: str) -> str:
     """What a PBX dialplan gets (Asterisk, FreeSWITCH, FusionPBX): an extension or number as typed,
     visual separators dropped when it is a phone number; `tel:` becomes its number; `+` is kept
-    (the PBX's dialplan decides); SIP URIs and anything else pass unchanged."""
+    (the PBX's dialplan decides); SIP URIs must pass the grammar, other words must be dialable
+    (`check_party`): a dial-string delimiter never reaches AMI or ESL."""
     check_value(role, value)
     if value.lower().startswith(("tel:", "<tel:")):
         return parse_tel(value).number
     compact = _SEPARATORS.sub("", value)
-    return compact if _DIALABLE.fullmatch(compact) else value
+    return compact if _DIALABLE.fullmatch(compact) else check_party(value, role)
 
 
 def for_vendor(value: str, vendor: str, *, role: str = "number", domain: str | None = None) -> str:
@@ -248,6 +378,10 @@ def for_vendor(value: str, vendor: str, *, role: str = "number", domain: str | N
     | kamailio, opensips              | a SIP URI: `sip_uri(…, domain)`; `tel:+1…` → `sip:+1…@domain;user=phone` |
     | asterisk, freeswitch, fusionpbx | a dialable extension/number (`dial_string`)                 |
     """
+    return check_party(_vendor_form(value, vendor, role, domain), role)  # the one gate, whatever the vendor
+
+
+def _vendor_form(value: str, vendor: str, role: str, domain: str | None) -> str:
     if vendor == "twilio":
         return twilio_endpoint(value, role)
     if vendor == "vonage":
@@ -258,7 +392,7 @@ def for_vendor(value: str, vendor: str, *, role: str = "number", domain: str | N
         check_value(role, value)
         if value.strip().lower().startswith(("tel:", "<tel:")):
             # RFC 3261 §19.1.6: a telephone number as a SIP URI user part carries user=phone.
-            return f"sip:{parse_tel(value).number}@{domain};user=phone"
+            return check_sip_uri(f"sip:{parse_tel(value).number}@{domain};user=phone", role)
         return sip_uri(value, domain)
     if vendor in ("asterisk", "freeswitch", "fusionpbx"):
         return dial_string(value, role)

@@ -28,8 +28,10 @@ def test_sip_uri_refuses_what_is_not_a_party(party: str) -> None:
         sip_uri(party, "sip.local")
 
 
-def test_uri_param_goes_before_headers() -> None:
-    assert with_uri_param("sip:a@h;transport=udp?X=1", "c2c", "id") == "sip:a@h;transport=udp;c2c=id?X=1"
+def test_uri_param_is_appended_and_the_result_checked() -> None:
+    assert with_uri_param("sip:a@h;transport=udp", "c2c", "id") == "sip:a@h;transport=udp;c2c=id"
+    with pytest.raises(InvalidInput, match="URI headers"):
+        with_uri_param("sip:a@h;transport=udp?X=1", "c2c", "id")  # headers never reach the wire (issue 7)
 
 
 def test_reason_phrases() -> None:

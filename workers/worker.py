@@ -1,25 +1,40 @@
-"""Start RQ workers for the vendor queues.
+"""Start RQ workers for the vendor queues, and keep them serving whatever Redis holds.
 
 RQ's `SimpleWorker` runs each job in the worker process itself: a call job is mostly waiting on a
 socket, so a fork per job (RQ's default `Worker`) would only add latency and drop the keep-alive
 connections the adapters hold. `--concurrency N` starts N such processes with RQ's WorkerPool.
+
+Anyone who can write to Redis can put any bytes on a queue, and Redis itself can restart empty.
+Plain RQ quits on the first entry it cannot read ("found an unhandled exception, quitting…", exit 0)
+and registers a worker only once, at start, so one forged entry or one Redis restart silently
+strands the fleet. The classes here skip and log what they cannot read, and re-register a worker
+whose registration vanished; `run_workers` starts a fresh worker if RQ's loop still ends on its own.
 """
 
 from __future__ import annotations
 
+import contextlib
+import time
 from typing import Any
 
 from redis import Redis
-from rq import SimpleWorker
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+from rq import Queue, SimpleWorker, worker_registration
+from rq.intermediate_queue import IntermediateQueue
 from rq.job import Job
 from rq.serializers import JSONSerializer
 
 from bus.logging import get_logger
 from bus.queues import JOB_FUNCTION, queue_name
+from bus.validate import show
 
 log = get_logger("ifbus.worker")
 
 ALLOWED_FUNCTIONS = frozenset({JOB_FUNCTION})
+# Redis being away is not a bad entry: RQ's own loop waits for it and reconnects.
+_REDIS_DOWN = (RedisConnectionError, RedisTimeoutError)
+RESTART_WAIT_SECONDS = (0.5, 10.0)  # first and longest wait before a worker whose loop ended is restarted
 
 
 class ForbiddenJob(Exception):
@@ -43,10 +58,78 @@ class BusJob(Job):
         return super().func
 
 
+def _skip(queue_key: str, entry: str, connection: Redis, exc: BaseException) -> None:
+    """Drop an unreadable entry where RQ parked it (its intermediate list), so neither the dequeue
+    nor RQ's periodic clean-up of that list trips on it again."""
+    log.error("queue.entry_skipped", queue=queue_key, entry=show(entry, 80), error=show(str(exc), 200),
+              reason="not a readable ifbus job")  # fmt: skip
+    with contextlib.suppress(*_REDIS_DOWN):
+        IntermediateQueue(queue_key, connection).remove(entry)
+
+
+class BusQueue(Queue):
+    """A queue whose dequeue skips entries it cannot turn into a job (a forged id, a garbage hash)."""
+
+    @classmethod
+    def _fetch_dequeued_job(cls, connection: Redis, queue_key: str, job_id: str, *args: Any, **kwargs: Any) -> Any:
+        try:
+            found = super()._fetch_dequeued_job(connection, queue_key, job_id, *args, **kwargs)
+        except _REDIS_DOWN:
+            raise
+        except Exception as exc:  # any bytes can sit in Redis: one bad entry must not stop the worker
+            _skip(queue_key, job_id, connection, exc)
+            return None  # RQ's dequeue_any takes the next entry
+        if found is None:  # RQ skips ids with no job hash silently; say so, it may be a forged entry
+            _skip(queue_key, job_id, connection, LookupError("no such job"))
+        return found
+
+    def fetch_job(self, job_id: str) -> Any:
+        """RQ's clean-up of its intermediate list fetches every id in it: a bad one is dropped too."""
+        try:
+            return super().fetch_job(job_id)
+        except _REDIS_DOWN:
+            raise
+        except Exception as exc:
+            _skip(self.key, job_id, self.connection, exc)
+            return None
+
+
 class BusWorker(SimpleWorker):
-    """Non-forking worker with the project's job class and JSON serializer (never pickle)."""
+    """Non-forking worker with the project's job class and JSON serializer (never pickle), that
+    survives unreadable jobs and re-registers after Redis lost its registration."""
 
     job_class = BusJob
+    queue_class = BusQueue
+
+    def execute_job(self, job: Job, queue: Queue) -> None:
+        """RQ handles failures of the job function itself; a job hash it cannot even start (garbage
+        fields, a payload RQ cannot decode) raises out of here and would end the worker loop."""
+        try:
+            super().execute_job(job, queue)
+        except _REDIS_DOWN:
+            raise
+        except Exception as exc:
+            log.error("job.unreadable", job_id=show(job.id, 80), queue=queue.name, error=show(str(exc), 200))
+            with contextlib.suppress(Exception):  # best effort: RQ's maintenance expires leftovers
+                queue.started_job_registry.remove(job)
+                IntermediateQueue(queue.key, self.connection).remove(job.id)
+
+    def heartbeat(self, timeout: int | None = None, pipeline: Any = None) -> None:
+        """RQ's heartbeat only refreshes the worker hash; after a Redis restart the registration sets
+        (`rq:workers`, `rq:workers:<queue>`) are gone and producers see no worker. The heartbeat
+        runs right after RQ reconnects, so that is where a vanished registration is put back."""
+        if pipeline is None and self.birth_date is not None and not self.connection.exists(self.key):
+            self._register_again()
+        super().heartbeat(timeout, pipeline)
+
+    def _register_again(self) -> None:
+        with self.connection.pipeline() as pipe:
+            pipe.hset(self.key, mapping=self.serialize())
+            worker_registration.register(self, pipe)
+            pipe.expire(self.key, self.worker_ttl + 60)
+            pipe.execute()
+        log.warning("worker.registered_again", worker=self.name, queues=self.queue_names(),
+                    reason="its registration vanished from Redis (a restart?)")  # fmt: skip
 
 
 def run_workers(
@@ -60,7 +143,6 @@ def run_workers(
     """Run the workers (this process, or a pool of N) with one prober of open servers beside them."""
     from workers.prober import Prober
 
-    connection = Redis.from_url(redis_url)
     queues = [queue_name(t) for t in types]
     log.info("worker.start", queues=queues, concurrency=concurrency, burst=burst)
     prober = Prober(Redis.from_url(redis_url), types, probe_interval)
@@ -68,14 +150,13 @@ def run_workers(
         prober.start()
     try:
         if concurrency == 1:
-            worker = BusWorker(queues, connection=connection, serializer=JSONSerializer, job_class=BusJob)
-            worker.work(burst=burst, logging_level=log_level.upper(), with_scheduler=False)
+            _serve(redis_url, queues, burst, log_level)
             return
         from rq.worker_pool import WorkerPool
 
-        pool = WorkerPool(
+        pool = WorkerPool(  # the pool respawns a worker process whose loop ended
             queues,
-            connection=connection,
+            connection=Redis.from_url(redis_url),
             num_workers=concurrency,
             worker_class=BusWorker,
             serializer=JSONSerializer,
@@ -84,3 +165,20 @@ def run_workers(
         pool.start(burst=burst, logging_level=log_level.upper())
     finally:
         prober.stop()
+
+
+def _serve(redis_url: str, queues: list[str], burst: bool, log_level: str) -> None:
+    """One worker; if RQ's loop ends without a stop request (Redis went away outside the dequeue,
+    where RQ does not wait for it), a fresh worker takes over once Redis answers again."""
+    wait = RESTART_WAIT_SECONDS[0]
+    while True:
+        worker = BusWorker(queues, connection=Redis.from_url(redis_url), serializer=JSONSerializer, job_class=BusJob)
+        try:
+            worker.work(burst=burst, logging_level=log_level.upper(), with_scheduler=False)
+        except _REDIS_DOWN as exc:
+            log.error("worker.redis_lost", worker=worker.name, error=show(str(exc), 200))
+        if burst or worker._shutdown_requested_date is not None:  # SIGTERM/SIGINT (RQ sets it on either path)
+            return
+        log.warning("worker.restart", worker=worker.name, wait_s=wait, reason="the worker loop ended unrequested")
+        time.sleep(wait)
+        wait = min(wait * 2, RESTART_WAIT_SECONDS[1])

@@ -1,0 +1,193 @@
+"""Issue 7 items 2 and 3: a worker survives any bytes in Redis, and a Redis restart.
+
+Real `ifbus worker` processes against a private redis-server; the call they serve goes to a
+fault-injection JSON-RPC peer (tests/faults.py) speaking Kamailio's jsonrpcs. Each test waits on
+an event: a log line of the worker, a registration reappearing, an answer on the reply list.
+
+Reproductions (as run against main before the fix): `RPUSH rq:queue:sip.kamailio 'not a job id!'`
+made RQ log "found an unhandled exception, quitting…" and exit 0; after a Redis restart
+`rq:workers:sip.kamailio` stayed empty and every producer refused work.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import socket
+import subprocess
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from redis import Redis
+from rq import Queue, Worker
+from rq.serializers import JSONSerializer
+
+from bus.models import CallRequest
+from producer.cli import cli
+from tests.conftest import WorkerProcess, redis_answers
+from tests.faults import peer
+from tests.lab import wait_for
+
+QUEUE = "sip.kamailio"
+
+
+def run(*args: str) -> object:
+    return CliRunner().invoke(cli, list(args), catch_exceptions=False)
+
+
+def add(name: str, port: int) -> None:
+    result = run("add", "sip", name, "--type", "kamailio", "--auth", "token=t", "--host", "127.0.0.1",
+                 "--port", str(port), "--opt", "fr_timer=1")  # fmt: skip
+    assert result.exit_code == 0, result.stderr
+
+
+def call_json(name: str) -> tuple[int, dict]:
+    result = run("call", "sip", name, "from=1001", "to=2000", "--json", "--timeout", "20")
+    return result.exit_code, json.loads(result.stdout)
+
+
+def served_after(worker: WorkerProcess, event: str) -> None:
+    """The worker logged `event`, is still running, and still serves a call end to end."""
+    assert wait_for(lambda: event in worker.log(), 15), worker.log()[-3000:]
+    assert worker.proc.poll() is None, worker.log()[-3000:]
+    code, data = call_json("kam")
+    assert code == 0, data
+    assert data["mode"] == "queue"
+    assert "unhandled exception" not in worker.log()
+
+
+@pytest.mark.parametrize(
+    "entry",
+    ["not a job id!", "", "\xff\x00\r\n", "x" * 5000, '{"schema_version": 1, "op": "test"}'],
+    ids=["bad-id", "empty", "binary", "huge", "json"],
+)
+def test_a_forged_queue_entry_is_skipped_and_logged(start_worker, queue_mode: str, entry: str) -> None:
+    with peer() as kam:
+        add("kam", kam.port)
+        worker = start_worker("kamailio")
+        Redis.from_url(queue_mode).rpush(f"rq:queue:{QUEUE}", entry.encode("utf-8", "surrogateescape"))
+        served_after(worker, "queue.entry_skipped")
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"data": b"\xff\x00garbage", "status": "queued"},
+        {"data": b"[1, 2", "created_at": "yesterday", "status": "bogus"},
+        {"data": json.dumps(["workers.jobs.run", None, [], {}]).encode(), "timeout": "forever"},
+        {"status": "queued"},
+    ],
+    ids=["binary-data", "bad-json", "bad-timeout", "no-data"],
+)
+def test_a_job_hash_with_garbage_does_not_stop_the_worker(start_worker, queue_mode: str, fields: dict) -> None:
+    with peer() as kam:
+        add("kam", kam.port)
+        worker = start_worker("kamailio")
+        redis = Redis.from_url(queue_mode)
+        job_id = "garbage-" + uuid.uuid4().hex[:8]
+        redis.hset(f"rq:job:{job_id}", mapping=fields)
+        redis.rpush(f"rq:queue:{QUEUE}", job_id)
+        assert wait_for(lambda: job_id in worker.log(), 15), worker.log()[-3000:]
+        served_after(worker, job_id)
+
+
+def test_a_payload_naming_another_reply_key_is_refused(start_worker, queue_mode: str) -> None:
+    """A job whose reply_key is the worker's own queue used to have the result LPUSHed onto that
+    queue, where RQ then choked on it. Only `ifbus:reply:<request_id>` is accepted."""
+    with peer() as kam:
+        add("kam", kam.port)
+        worker = start_worker("kamailio")
+        redis = Redis.from_url(queue_mode)
+        payload = {"op": "test", "server": "kam", "request_id": "forged-reply-01", "reply_key": f"rq:queue:{QUEUE}"}
+        queue = Queue(QUEUE, connection=redis, serializer=JSONSerializer)
+        queue.enqueue("workers.jobs.run", payload, job_id="forged-reply-01", result_ttl=0)
+        assert wait_for(lambda: "forged-reply-01" in worker.log() and redis.llen(f"rq:queue:{QUEUE}") == 0, 15)
+        served_after(worker, "forged-reply-01")
+        assert redis.llen(f"rq:queue:{QUEUE}") == 0  # nothing was pushed onto the queue
+        assert not redis.exists(f"rq:queue:{QUEUE}:intermediate") or not [
+            e for e in redis.lrange(f"rq:queue:{QUEUE}:intermediate", 0, -1) if e.startswith(b"{")
+        ]
+
+
+def test_reply_key_must_be_the_requests_own() -> None:
+    ok = CallRequest.model_validate(
+        {"server": "kam", "from": "1", "to": "2", "request_id": "abcdefgh", "reply_key": "ifbus:reply:abcdefgh"}
+    )
+    assert ok.reply_key == "ifbus:reply:abcdefgh"
+    for forged in ("rq:queue:sip.kamailio", "ifbus:reply:someoneelse", "ifbus:result:abcdefgh", ""):
+        with pytest.raises(ValueError, match="reply_key"):
+            CallRequest.model_validate(
+                {"server": "kam", "from": "1", "to": "2", "request_id": "abcdefgh", "reply_key": forged}
+            )
+
+
+# ---------------------------------------------------------------- item 3: Redis restarts
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class RedisServer:
+    """A redis-server of our own on a fixed port, so it can be killed and started again there."""
+
+    def __init__(self, folder: Path) -> None:
+        self.port = _free_port()
+        self.folder = folder
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        args = ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+                "--dir", str(self.folder)]  # fmt: skip
+        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        assert wait_for(lambda: redis_answers(self.url), 10), "redis-server did not start"
+
+    def kill(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(10)
+        assert wait_for(lambda: not redis_answers(self.url), 10)
+
+
+@pytest.fixture
+def own_redis(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[RedisServer]:
+    server = RedisServer(tmp_path)
+    server.start()
+    monkeypatch.setenv("IFBUS_MODE", "queue")
+    monkeypatch.setenv("IFBUS_REDIS_URL", server.url)
+    yield server
+    if server.proc is not None and server.proc.poll() is None:
+        server.proc.terminate()
+        server.proc.wait(10)
+
+
+def _registered(url: str) -> bool:
+    try:
+        return Worker.count(queue=Queue(QUEUE, connection=Redis.from_url(url))) > 0
+    except Exception:
+        return False
+
+
+@pytest.mark.parametrize("concurrency", [1, 2])
+def test_workers_register_again_after_a_redis_restart(own_redis: RedisServer, tmp_path: Path,
+                                                      concurrency: int) -> None:  # fmt: skip
+    with peer() as kam:
+        add("kam", kam.port)
+        worker = WorkerProcess(["kamailio"], tmp_path / "worker.log", concurrency)
+        try:
+            worker.wait_ready(own_redis.url, QUEUE)
+            assert call_json("kam")[0] == 0
+            own_redis.kill()
+            own_redis.start()  # same port, empty: every registration is gone
+            assert wait_for(lambda: _registered(own_redis.url), 30), worker.log()[-3000:]
+            assert worker.proc.poll() is None
+            code, data = call_json("kam")
+            assert code == 0, data
+        finally:
+            assert worker.stop() == 0, worker.log()[-3000:]
