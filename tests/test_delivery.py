@@ -23,6 +23,7 @@ from bus.server import ServerEntry
 from producer.cli import cli
 from tests.conftest import BIN
 from tests.faults import closed_port, peer
+from tests.lab import wait_for
 
 
 def run(*args: str) -> object:
@@ -219,8 +220,14 @@ def test_failover_by_requeue_through_real_workers(start_worker, queue_mode: str)
         assert data["server"] == "up" and data["mode"] == "queue"
         assert data["attempts"] == {"down": 3, "up": 1}
         redis = Redis.from_url(queue_mode)
-        (worker,) = Worker.all(queue=Queue("sip.kamailio", connection=redis))
-        assert worker.successful_job_count == 2  # the second hop was a re-queued job, not an in-job loop
+
+        def jobs_done() -> int:
+            (worker,) = Worker.all(queue=Queue("sip.kamailio", connection=redis))
+            return worker.successful_job_count
+
+        # The second hop was a re-queued job, not an in-job loop. RQ counts a job after it returned,
+        # and the job replied before returning: wait for the count (reading it at once raced it).
+        assert wait_for(lambda: jobs_done() == 2, 10), jobs_done()
         listing = json.loads(run("list", "sip", "--json").stdout)
         states = {s["name"]: s["health"]["state"] for s in listing["servers"]}
         assert states == {"down": "open", "up": "closed"}

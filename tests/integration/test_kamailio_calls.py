@@ -150,14 +150,29 @@ def test_wrong_token_exits_3_naming_the_auth_keys(kam: Kamailio) -> None:
 
 
 def test_until_accepted_returns_before_anyone_answers(kam: Kamailio, ua) -> None:
+    """A never answers (ring_uas.xml rings until CANCEL): `--until accepted` must still return, so it
+    did not wait for an answer. No timing involved: with A still ringing, B cannot have been called
+    (B is only called after A answered and followed the REFER). Before, A answered after a 200 ms
+    pause and the test raced that pause against the CLI's exit, failing under load."""
     register("mykam", kam, TOKEN)
-    alice = ua("refer_uas.xml", "alice")
+    alice = ua("ring_uas.xml", "alice")
     bob = ua("answer_uas.xml", "bob")
     result = ifbus("call", "sip", "mykam", f"from={alice.uri}", f"to={bob.uri}", "--until", "accepted", "--json")
     assert result.returncode == 0, result.stderr
     data = json.loads(result.stdout)
     assert data["call_id"] is None and len(data["data"]["tracking_id"]) == 16
-    assert bob.received("INVITE") == 0  # B is only called after A answered and followed the REFER
+    assert alice.wait_received("INVITE", 1, timeout=10)  # A is ringing …
+    assert bob.received("INVITE") == 0  # … and nobody answered, so B was never called
+
+
+def test_until_accepted_call_goes_on_after_the_answer(kam: Kamailio, ua) -> None:
+    """The same call with an A that answers: after `--until accepted` returned, the call proceeds."""
+    register("mykam", kam, TOKEN)
+    alice = ua("refer_uas.xml", "alice")
+    bob = ua("answer_uas.xml", "bob")
+    result = ifbus("call", "sip", "mykam", f"from={alice.uri}", f"to={bob.uri}", "--until", "accepted", "--json")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["call_id"] is None
     assert bob.wait_received("INVITE", 1, timeout=10)
 
 
