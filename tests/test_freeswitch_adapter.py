@@ -195,3 +195,40 @@ def test_reconnects_after_a_drop(peer: EslPeer) -> None:
     assert adapter.test().data["state"] == "ready"
     assert len(peer.sessions) == 2
     adapter.close()
+
+
+def test_reconnects_after_the_server_shuts_down(peer: EslPeer) -> None:
+    """A stopping FreeSWITCH sends `text/disconnect-notice` "The system is being shut down." and closes
+    (tests/peers/captures/freeswitch-1.10.12/esl_filters_transcript.txt, last section, recorded on the lab);
+    the next job opens a new session with the same set-up."""
+    adapter = make(peer)
+    adapter.test()
+    peer.shutdown()
+    deadline = soon()
+    while adapter.session().alive() and time.monotonic() < deadline:
+        time.sleep(0.01)  # waits on the reader seeing the close (an event), bounded
+    assert not adapter.session().alive()
+    assert adapter.test().data["state"] == "ready"
+    assert len(peer.sessions) == 2
+    adapter.close()
+
+
+def test_filter_commands_are_the_ones_the_real_server_accepted(peer: EslPeer) -> None:
+    """The lab FreeSWITCH answered exactly these commands with `+OK filter added. [H]=[V]` / `+OK filter
+    deleted. [H][V]` (esl_filters_transcript.txt); the peer answers in those bytes, and the call's filters
+    are added before the bgapi and deleted once the call is settled."""
+    adapter = make(peer)
+    ref = adapter.originate(f"{SIPP}:5070", "9196", {}, soon())
+    adapter.follow(ref, soon())
+    job = ref.handle["job_uuid"]
+    commands = [r.split("\n")[0] for r in peer.received]
+    assert commands[2:] == [
+        "filter Unique-ID 00000000-0000-0000-0000-000000000000",
+        f"filter Unique-ID {ref.call_id}",
+        f"filter Job-UUID {job}",
+        commands[5],
+        f"filter delete Unique-ID {ref.call_id}",
+        f"filter delete Job-UUID {job}",
+    ]
+    assert commands[5].startswith(f"bgapi originate {{origination_uuid={ref.call_id},")
+    adapter.close()

@@ -9,12 +9,17 @@ values of the same kind the real server would put there:
   (`origination_uuid`, the `Job-UUID:` header of bgapi: mod_event_socket.c honours both), and
   `Job-Command-Arg` becomes the client's own argument, URL-encoded as FreeSWITCH encodes it;
   Content-Length is recomputed for those frames;
-- `filter` replies, which no capture shows, are built from mod_event_socket.c (parse_command,
-  `+OK filter added. [%s]=[%s]` / `+OK filter deleted. [%s][%s]`), and filters are applied as its
-  event_handler applies them (an event passes if one of its headers equals a filtered value).
+- `filter` replies are built in the shape the real server answered when the adapter's own filter
+  commands were sent to the lab FreeSWITCH (tests/peers/captures/freeswitch-1.10.12/
+  esl_filters_transcript.txt: `+OK filter added. [H]=[V]`, `+OK filter deleted. [H][V]` even for a filter
+  never added, `-ERR invalid syntax` without a value; the builder is checked against those frames at
+  import), and filters are applied as that capture shows and mod_event_socket.c's event_handler does (an
+  event passes if one of its headers equals a filtered value; nothing of another call crosses).
 
 It is no kinder than the real server: every write may be split into small pieces, an unrelated
-call's events (another uuid, also from the captures) can be interleaved, and a session can be dropped.
+call's events (another uuid, also from the captures) can be interleaved, a session can be dropped without
+a word (`drop`), or closed the way a stopping FreeSWITCH closes it (`shutdown`: the real
+`text/disconnect-notice` "The system is being shut down." of esl_filters_transcript.txt, then the close).
 Which capture an originate replays is chosen by the port in its dial string (the lab's SIPp ports:
 5070 answers, 5071 busy 486, 5072 rings until originate_timeout, 5073 silent until timer B), or by
 `scenario_for`, a hook a test sets.
@@ -33,6 +38,7 @@ from pathlib import Path
 from urllib.parse import quote
 
 TRANSCRIPTS = Path("/work/shared/transcripts/freeswitch-1.10.12")
+CAPTURES = Path(__file__).resolve().parent / "captures" / "freeswitch-1.10.12"  # recorded on the lab for this peer
 _LINE = re.compile(r"\s*\d+\.\d+ \[[a-z]+\] (<<|>>) (.*)")
 
 
@@ -61,11 +67,11 @@ def _server_frames(lines: list[str]) -> list[bytes]:
     return out
 
 
-def load(name: str) -> dict[str, list[bytes]]:
+def load(name: str, folder: Path = TRANSCRIPTS) -> dict[str, list[bytes]]:
     """The server frames of a capture, per `==== section ====`."""
     sections: dict[str, list[str]] = {}
     current: list[str] | None = None
-    for raw in (TRANSCRIPTS / name).read_text().split("\n"):
+    for raw in (folder / name).read_text().split("\n"):
         if raw.startswith("==== "):
             current = sections.setdefault(raw.strip("= "), [])
             continue
@@ -97,6 +103,16 @@ _KILL = load("esl_originate_answer_kill_transcript.txt")
 _ANSWER = _KILL["bgapi originate sofia/internal/sipp@127.0.0.1:5070"]
 KILL_OK = _KILL["api uuid_kill eaa3ea18-2b2b-4133-9ebf-d5e5c1c80aa9"][0]
 KILL_HANGUP = _KILL["api uuid_kill eaa3ea18-2b2b-4133-9ebf-d5e5c1c80aa9"][1]
+
+
+_FILTERS = load("esl_filters_transcript.txt", CAPTURES)
+_SETUP = _FILTERS["auth + the adapter's session set-up"]
+_DELETES = _FILTERS["filter delete of our two filters, then of one that does not exist"]
+_NO_VALUE = _FILTERS["filter with no value, then the zero-uuid filter deleted: every event again?"][0]
+SHUTDOWN = _FILTERS["FreeSWITCH stopped (SIGTERM) under a subscribed session (a separate connection)"][-1]
+FILTER_ZERO_ADDED = _SETUP[-1]  # `filter Unique-ID 00000000-…` as the real server answered it
+FILTER_NEVER_ADDED_DELETED = _DELETES[-1]  # `filter delete Unique-ID 11111111-…`: +OK all the same
+FILTER_NO_VALUE = _NO_VALUE
 
 
 @dataclass(frozen=True)
@@ -206,10 +222,18 @@ class EslPeer:
             session.conn.close()
 
     def drop(self) -> None:
-        """Drop every session from the server side (a FreeSWITCH restart, a firewall reset)."""
+        """Drop every session from the server side without a word (a crash, a firewall reset)."""
         for session in self.sessions:
             with contextlib.suppress(OSError):
                 session.conn.shutdown(socket.SHUT_RDWR)
+
+    def shutdown(self) -> None:
+        """What a stopping FreeSWITCH does to each session: the disconnect notice, then the close
+        (esl_filters_transcript.txt, last section)."""
+        for session in self.sessions:
+            with contextlib.suppress(OSError):
+                self._send(session, SHUTDOWN)
+        self.drop()
 
     # ------------------------------------------------------------------ connection handling
 
@@ -351,3 +375,20 @@ class EslPeer:
 def _reply(text: str) -> bytes:
     """A command/reply frame, shaped as every command/reply in the captures."""
     return f"Content-Type: command/reply\nReply-Text: {text}\n\n".encode()
+
+
+def _check_against_the_real_server() -> None:
+    """The filter replies built above are the real server's bytes (esl_filters_transcript.txt)."""
+    zero, never = "00000000-0000-0000-0000-000000000000", "11111111-1111-1111-1111-111111111111"
+    for built, real in (
+        (_reply(f"+OK filter added. [Unique-ID]=[{zero}]"), FILTER_ZERO_ADDED),
+        (_reply(f"+OK filter deleted. [Unique-ID][{never}]"), FILTER_NEVER_ADDED_DELETED),
+        (_reply("-ERR invalid syntax"), FILTER_NO_VALUE),
+    ):
+        if built != real:
+            raise ValueError(f"peer builds {built!r}, the real server sent {real!r}")
+    if not SHUTDOWN.startswith(b"Content-Type: text/disconnect-notice\n"):
+        raise ValueError(f"not the shutdown notice: {SHUTDOWN!r}")
+
+
+_check_against_the_real_server()
