@@ -7,7 +7,8 @@ Plain `re` only: `list` and `add` import this on every prompt.
   contains one of SECRET_WORDS (`passphrase`, `mypass`, `pin`, `esl_password`, …), unless it is one of
   PUBLIC_KEYS (identifiers the spec shows in clear: Vonage's `api_key`, Twilio's `account_sid`).
 - In free text (an error message, a URL in an option, a log line) the userinfo of any URL, Bearer and
-  Basic credentials, and `word=value` / `word: value` pairs whose word is secret are masked.
+  Basic credentials, and `word=value` / `word: value` pairs whose word is secret are masked; the hints
+  messages give (`token=…`, `id=<uuid>`, `private_key=@FILE`) are not values and stay readable.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ _SECRET_KEY = re.compile(_WORDS, re.I)
 # the whole userinfo when there is no password (a key used as the user name: `https://TOKEN@host`,
 # `https://sk_live_…:@host` as HTTP Basic with an empty password).
 _USERINFO = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)(?:([^/?#@\s:]*:)[^/?#@\s]+|[^/?#@\s]+)@")
-_INLINE = re.compile(rf"(?i)\b([\w-]*(?:{_WORDS})[\w-]*)([=:]\s*)(?!…|\*\*\*\*|(?:bearer|basic)\s)[^\s&,;\"'<>]+")
+_INLINE = re.compile(rf"(?i)\b([\w-]*(?:{_WORDS})[\w-]*)([=:]\s*)(?!…|\*\*\*\*|@|(?:bearer|basic)\s)[^\s&,;\"'<>]+")
 _SCHEME_AUTH = re.compile(r"(?i)\b(bearer|basic)\s+(?!\*\*\*\*)[A-Za-z0-9._~+/=-]+")
 
 

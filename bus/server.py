@@ -10,9 +10,10 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from bus.credentials import max_auth_len
 from bus.errors import InvalidInput
 from bus.secrets import mask_userinfo
-from bus.validate import check_key, check_value, show
+from bus.validate import MAX_VALUE, check_key, check_value, show
 from bus.vendors import is_secret, mask, missing_auth, vendor
 
 FIELDS = ("type", "auth", "host", "port", "pool", "options")
@@ -78,7 +79,7 @@ class ServerEntry:
         vendor(self.type)
         for key, value in self.auth.items():
             check_key(key, "auth key")
-            check_value(f"auth {key}", value)
+            check_value(f"auth {key}", value, max_auth_len(self.type, key, MAX_VALUE))  # a key file is longer
         for key, value in self.options.items():
             check_key(key, "option")
             check_value(f"option {key}", value)
