@@ -183,7 +183,7 @@ def ifbus(*args: str) -> subprocess.CompletedProcess[str]:
 @needs_kamailio
 def test_cli_add_without_type_stores_kamailio(kamailio: Kamailio, ifbus_env: Path) -> None:
     probe = f"sip_port={kamailio.sip_port} ami_port={free_port()} esl_port={free_port()}"
-    done = ifbus("add", "sip", "edge1", "--host", "127.0.0.1", "--opt", *probe.split())
+    done = ifbus("add", "sip", "edge1", "--host", "127.0.0.1", "--auth", "token=t", "--opt", *probe.split())
     assert done.returncode == 0, done.stderr
     version = core_version(kamailio)
     assert done.stdout.startswith(f"Detected: Kamailio {version} (high, evidence: SIP Server 'kamailio ({version}")
@@ -193,7 +193,10 @@ def test_cli_add_without_type_stores_kamailio(kamailio: Kamailio, ifbus_env: Pat
     assert stored["port"] == kamailio.sip_port  # Kamailio's JSON-RPC shares its SIP TCP listener
     assert stored["options"] == {"sip_port": str(kamailio.sip_port)}  # the probe-only ports are not kept
 
-    again = ifbus("add", "sip", "edge2", "--type", "auto", "--host", "127.0.0.1", "--opt", *probe.split(), "--json")
+    again = ifbus(
+        "add", "sip", "edge2", "--type", "auto", "--host", "127.0.0.1", "--auth", "token=t", "--opt", *probe.split(),
+        "--json",
+    )
     assert again.returncode == 0, again.stderr
     answer = json.loads(again.stdout)
     assert answer["detected"]["type"] == "kamailio" and answer["added"]["type"] == "kamailio"
