@@ -32,6 +32,7 @@ def configure(level: str = "INFO") -> None:
             foreign_pre_chain=[structlog.processors.add_log_level, stamp],
             processors=[
                 structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                structlog.processors.format_exc_info,  # RQ's tracebacks as text, not a tuple's repr
                 redact_secrets,
                 structlog.processors.JSONRenderer(),
             ],
