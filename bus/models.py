@@ -21,6 +21,10 @@ from bus.sip import check_call_id
 from bus.validate import check_key, check_name, check_value
 
 SCHEMA_VERSION = 1
+# Longer than every vendor's default ring time (Twilio 60 s + its 5 s grace, FreeSWITCH originate_timeout 60 s,
+# Kamailio 2 × fr_inv_timer 30 s), so an unanswered call ends as the vendor's "no answer" (exit 5), not as
+# "outcome unknown" because the caller stopped waiting first.
+DEFAULT_TIMEOUT = 90.0
 # The one definition of a request id (it is also the RQ job id and part of every per-request key).
 REQUEST_ID_PATTERN = r"[A-Za-z0-9_-]{8,64}"
 REQUEST_ID_RE = re.compile(REQUEST_ID_PATTERN)
@@ -73,7 +77,9 @@ class BaseRequest(BaseModel):
     reply_key: str | None = Field(
         default=None, description="Redis list the worker LPUSHes the JobResult JSON to; None = nobody waits"
     )
-    timeout: float = Field(default=60.0, gt=0, le=3600, description="Seconds the caller waits for the answer")
+    timeout: float = Field(
+        default=DEFAULT_TIMEOUT, gt=0, le=3600, description="Seconds the caller waits for the answer"
+    )
     routing: SkipJsonSchema[Routing] = Field(default_factory=Routing, description="internal (bus.models.Routing)")
 
     @model_validator(mode="after")

@@ -11,6 +11,7 @@ from typing import Literal
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from bus.models import DEFAULT_TIMEOUT
 from bus.paths import home
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
@@ -24,7 +25,7 @@ class Settings(BaseSettings):
     mode: Literal["auto", "queue", "inline"] = Field(
         default="auto", description="auto: Redis when it answers, else in-process; queue: Redis or fail; inline"
     )
-    timeout: float = Field(default=60.0, gt=0, description="seconds a caller waits for a result")
+    timeout: float = Field(default=DEFAULT_TIMEOUT, gt=0, description="seconds a caller waits for a result")
     log_level: str = "INFO"
     probe_interval: float = Field(default=2.0, ge=0, description="seconds between probes of open servers; 0 = off")
 
