@@ -1,4 +1,4 @@
-"""SIP OPTIONS probes through bus.sip_probe, beside a raw UDP socket, against one local Kamailio.
+"""SIP OPTIONS probes through bus.sip.options, beside a raw UDP socket, against one local Kamailio.
 
     python -m bench.options_probe [--n 200]
 
@@ -6,7 +6,7 @@ Starts a private Kamailio (deploy/kamailio/kamailio.cfg, free loopback ports) an
 run and in this process (raw and UDP probe interleaved so both see the same machine state):
   - raw: one UDP socket, connected once, sending the same OPTIONS bytes and reading the reply
     (the floor: no request building, parsing or matching);
-  - probe UDP: `bus.sip_probe.options()` as `ifbus test` / detection call it (a new socket, fresh
+  - probe UDP: `bus.sip.options.options()` as `ifbus test` / detection call it (a new socket, fresh
     branch/Call-ID, parse and match the reply, every time);
   - probe TCP: the same over TCP (connect + send + framed read + close, every time).
 Target (issue "Speak SIP"): probe UDP p50 ≤ 2× raw p50.
@@ -21,7 +21,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bus.sip_probe import build_options, options
+from bus.sip.options import build_options, options
 from tests.lab import Kamailio
 
 WARMUP = 20

@@ -13,6 +13,9 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 
 from bus import secrets as _secrets
+from bus.sip.uri import SIP_PORT
+
+ESL_PORT = 8021  # mod_event_socket's default: FreeSWITCH, and the FreeSWITCH under FusionPBX
 
 # Timeouts in seconds; `attempts` is the per-server attempt budget for transient failures;
 # `breaker_threshold` failed attempts in a row open a server's breaker for `breaker_cooldown` s.
@@ -25,7 +28,7 @@ _LAN = {
     "breaker_threshold": "3",
     "breaker_cooldown": "5",
     # `test` also sends one SIP OPTIONS here (the management port is not the SIP port).
-    "sip_port": "5060",
+    "sip_port": str(SIP_PORT),
     "sip_transport": "udp",
     "sip_timeout": "1",
     # Call-rate limits (bus/ratelimit.py; 0 = none). Generous: stock FreeSWITCH admits 30 sessions/s
@@ -92,7 +95,7 @@ VENDORS: Mapping[str, Vendor] = MappingProxyType(
                 "pbx",
                 ("apikey", "domain"),
                 ("apikey",),
-                8021,
+                ESL_PORT,
                 # FreeSWITCH's own originate default is 60 s; profile/context are the vanilla config's names.
                 extra_options={"profile": "internal", "context": "default", "originate_timeout": "60"},
             ),
@@ -102,7 +105,7 @@ VENDORS: Mapping[str, Vendor] = MappingProxyType(
                 "proxy",
                 ("token", "realm"),
                 ("token",),
-                5060,
+                SIP_PORT,  # jsonrpcs over xhttp answers on Kamailio's own SIP TCP listener
                 extra_options={"path": "/RPC", "scheme": "http", "fr_timer": "5", "fr_inv_timer": "30"},
             ),
             Vendor(
@@ -150,7 +153,7 @@ VENDORS: Mapping[str, Vendor] = MappingProxyType(
                 ("password", "key", "esl_password"),
                 443,
                 # click_to_call.php's blocking originate has no timeout of its own: FreeSWITCH's 60 s.
-                extra_options={"scheme": "https", "esl_port": "8021", "originate_timeout": "60"},
+                extra_options={"scheme": "https", "esl_port": str(ESL_PORT), "originate_timeout": "60"},
             ),
         )
     }

@@ -15,8 +15,9 @@ from collections.abc import Iterator
 
 import pytest
 
-from bus.detect import Evidence, classify, cloud_type, detect_for_add, detect_host, fingerprint
+from bus.detect import detect_for_add, detect_host
 from bus.errors import InvalidInput, Unreachable
+from bus.fingerprint import Evidence, classify, cloud_type, fingerprint
 from tests.lab import free_port
 
 SIP_STRINGS = [

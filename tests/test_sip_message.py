@@ -1,4 +1,4 @@
-"""The SIP response parser (bus/sip_message.py): RFC 3261 §7 forms, limits, and hostile input.
+"""The SIP response parser (bus/sip/message.py): RFC 3261 §7 forms, limits, and hostile input.
 
 Fixtures are byte-exact replies captured from real servers:
 - ../shared/transcripts/asterisk-22.10.1/options_asterisk_ident.txt (Asterisk 22.10.1 chan_pjsip, 200)
@@ -16,7 +16,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from bus.sip_message import (
+from bus.sip.message import (
     MAX_HEADERS,
     MAX_MESSAGE,
     SipParseError,

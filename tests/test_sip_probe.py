@@ -1,4 +1,4 @@
-"""The OPTIONS client (bus/sip_probe.py) against small Python peers on 127.0.0.1 (no binaries needed).
+"""The OPTIONS client (bus/sip/options.py) against small Python peers on 127.0.0.1 (no binaries needed).
 
 Each peer copies Via/From/To/Call-ID/CSeq from the request, as a real UAS does (RFC 3261 §8.2.6.2);
 reply shapes follow ../shared/transcripts/opensips-3.4.18/options_opensips.txt.
@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from bus.errors import InvalidInput, Unreachable
-from bus.sip_probe import build_options, options
+from bus.sip.options import build_options, options
 from tests.lab import free_port
 
 COPIED = ("via", "from", "to", "call-id", "cseq")

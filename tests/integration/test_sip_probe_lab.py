@@ -27,9 +27,10 @@ from pathlib import Path
 
 import pytest
 
-from bus.detect import Evidence, classify, detect_host, sip_reachability
+from bus.detect import detect_host, sip_reachability
 from bus.errors import Unreachable
-from bus.sip_probe import options
+from bus.fingerprint import Evidence, classify
+from bus.sip.options import options
 from tests.lab import Kamailio, SippUA, free_port, kamailio_available, sipp_available
 from tests.test_detect import BannerServer
 

@@ -25,13 +25,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from bus.errors import InvalidInput, Unreachable
-from bus.sip_message import SipParseError, SipResponse, parse_response, take_message
+from bus.sip.message import SipParseError, SipResponse, parse_response, take_message
+from bus.sip.uri import SIP_PORT, SIPS_PORT
 
 T1 = 0.5  # RFC 3261 §17.1.1.1: RTT estimate
 T2 = 4.0  # RFC 3261 §17.1.2.2: maximum retransmit interval for non-INVITE requests
 USER_AGENT = "ifbus-sip"
 TRANSPORTS = ("udp", "tcp", "tls")
-DEFAULT_PORTS = {"udp": 5060, "tcp": 5060, "tls": 5061}
+DEFAULT_PORTS = {"udp": SIP_PORT, "tcp": SIP_PORT, "tls": SIPS_PORT}
 
 
 @dataclass(frozen=True)

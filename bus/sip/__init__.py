@@ -1,0 +1,47 @@
+"""SIP facts adapters share, one module per kind of fact, so no adapter grows its own copy:
+
+- `bus.sip.codes`: RFC 3261 reason phrases and the Q.850 ↔ SIP tables (RFC 3398, vendor columns);
+- `bus.sip.uri`: building SIP URIs and the one wire grammar every party and call id must pass;
+- `bus.sip.numbers`: `tel:`, E.164 and the form each vendor wants (`for_vendor`);
+- `bus.sip.message`: parsing SIP responses from the wire (pure, bounded);
+- `bus.sip.options`: the OPTIONS probe — the only module here that opens sockets.
+
+The names below are the ones adapters use; they are defined in the modules above (docs/detection.md
+"The SIP facts module" describes them).
+"""
+
+from bus.sip.codes import (
+    Q850_NAMES,
+    Q850_TO_SIP,
+    REASON_PHRASES,
+    SIP_TO_Q850,
+    q850_cause,
+    q850_to_sip,
+    reason_phrase,
+    sip_to_q850,
+)
+from bus.sip.numbers import E164_RE, TelUri, for_vendor, parse_tel, to_e164, twilio_endpoint, vonage_number
+from bus.sip.uri import check_call_id, check_party, check_sip_uri, sip_uri, with_uri_param
+
+__all__ = [
+    "E164_RE",
+    "Q850_NAMES",
+    "Q850_TO_SIP",
+    "REASON_PHRASES",
+    "SIP_TO_Q850",
+    "TelUri",
+    "check_call_id",
+    "check_party",
+    "check_sip_uri",
+    "for_vendor",
+    "parse_tel",
+    "q850_cause",
+    "q850_to_sip",
+    "reason_phrase",
+    "sip_to_q850",
+    "sip_uri",
+    "to_e164",
+    "twilio_endpoint",
+    "vonage_number",
+    "with_uri_param",
+]
