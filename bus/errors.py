@@ -1,6 +1,6 @@
 """Outcome classes and the exceptions that carry them.
 
-Every failure in the system is one of a few classes (DESIGN.md, "The flow of one call"). The class
+Every failure in the system is one of a few classes (docs/architecture.md, "The flow of one call"). The class
 decides retry, failover and the CLI's exit code, so adapters raise these and nothing else leaks out.
 """
 

@@ -1,8 +1,8 @@
 """Server-type fingerprints: evidence strings → a Detection (type, version, confidence, evidence).
 
 Pure rules, no I/O: every rule is unit-tested on the real strings. bus.detect gathers the evidence
-over the network and calls `classify`. Rules and sources: ../shared/vendors.md §9 (cheat sheet) and
-§1.5, §2.5, §3.4, §4.4, §5.4, §6.5, §7.4; real captures in ../shared/transcripts/. Every banner can be
+over the network and calls `classify`. Rules and sources: docs/reference/vendors.md §9 (cheat sheet) and
+§1.5, §2.5, §3.4, §4.4, §5.4, §6.5, §7.4; real captures in tests/peers/captures/. Every banner can be
 changed by an admin, and a proxy in front of a PBX answers SIP for it, so detections from different
 servers are reported as ambiguous, never resolved silently. docs/detection.md has the tables.
 """

@@ -150,7 +150,7 @@ REQUEST_ADAPTER: TypeAdapter[JobRequest] = TypeAdapter(JobRequest)
 
 
 class JobResult(BaseModel):
-    """The one final answer to a request; `exit_code` is the CLI's (DESIGN.md table)."""
+    """The one final answer to a request; `exit_code` is the CLI's (docs/architecture.md table)."""
 
     model_config = ConfigDict(extra="forbid")
 

@@ -1,9 +1,9 @@
 """The catalogue of server types: what each one needs and its class defaults.
 
 Plain data, so `list` and `add` can use it without importing any protocol code. Each entry is
-the "auto-optimal configuration per server class" of DESIGN.md: a user overrides any of the
+the "auto-optimal configuration per server class" of docs/architecture.md: a user overrides any of the
 `defaults` per server with `add … --opt key=value`, and `list --json` shows the effective values.
-Facts and sources: ../shared/vendors.md §0 and §11.
+Facts and sources: docs/reference/vendors.md §0 and §11.
 """
 
 from __future__ import annotations

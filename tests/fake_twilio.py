@@ -4,7 +4,7 @@ It speaks the wire shapes Twilio documents, so the adapter is exercised over rea
 
 - Paths, methods, form fields, status enums and the JSON bodies of the account and call resources
   follow Twilio's own OpenAPI description, twilio/twilio-oai `spec/json/twilio_api_v2010.json`
-  (copy in ../shared/specs/twilio/): `GET /2010-04-01/Accounts/{Sid}.json` → schema
+  (copy in tests/specs/twilio/): `GET /2010-04-01/Accounts/{Sid}.json` → schema
   `api.v2010.account`; `POST /2010-04-01/Accounts/{AccountSid}/Calls.json` (form-encoded
   `CreateCallRequest`, required `To` and `From`) → 201 `api.v2010.account.call`;
   `GET` / `POST` (`UpdateCallRequest`, `Status` ∈ `call_enum_update_status` = canceled|completed)
@@ -16,7 +16,7 @@ It speaks the wire shapes Twilio documents, so the adapter is exercised over rea
 - Error bodies are `{"code", "message", "more_info", "status"}` (https://www.twilio.com/docs/api/errors);
   codes used: 20003 (401), 20404 (404, unknown resource), 20429 (429, too many requests;
   https://www.twilio.com/docs/errors/20429), 21201 (no To), 21213 (no From), 21200 (no Url/Twiml/
-  ApplicationSid), 21211 (invalid To). See ../shared/vendors.md §5.2.
+  ApplicationSid), 21211 (invalid To). See docs/reference/vendors.md §5.2.
 - `canceled` ends only a queued/ringing call and leaves an in-progress one alone; `completed` ends a
   call in any live state (https://www.twilio.com/docs/api/rest/change-call-state; vendors.md §5.1).
 

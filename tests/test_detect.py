@@ -1,4 +1,4 @@
-"""Detection rules (bus/detect.py) on the real strings of ../shared/vendors.md §9.
+"""Detection rules (bus/detect.py) on the real strings of docs/reference/vendors.md §9.
 
 Sources per string: vendors.md §1.5 (Asterisk PBX, FPBX, AMI banner, HTTP Asterisk/), §2.5 (FreeSWITCH
 mod_sofia User-Agent, bare FreeSWITCH from FusionPBX's profiles, ESL banners, mod_xml_rpc), §3.4 and

@@ -1,6 +1,6 @@
 """ESL framing, event parsing and command builders (workers/adapters/esl.py).
 
-Frames come from the real captures in ../shared/transcripts/freeswitch-1.10.12/ (through
+Frames come from the real captures in tests/peers/captures/freeswitch-1.10.12/ (through
 tests/peers/esl.py, which rebuilds them byte for byte); each test names the capture it uses.
 """
 

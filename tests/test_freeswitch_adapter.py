@@ -1,5 +1,5 @@
 """FreeSWITCH adapter against tests/peers/esl.py, which replays the real FreeSWITCH 1.10.12 captures in
-../shared/transcripts/freeswitch-1.10.12/ (writes split into small pieces, another call's event
+tests/peers/captures/freeswitch-1.10.12/ (writes split into small pieces, another call's event
 interleaved). Each test names the capture it replays.
 """
 

@@ -1,6 +1,6 @@
 """FusionPBX adapter against tests/peers/fusionpbx.py (written from FusionPBX's source: check_auth.php,
 plugins/database.php, token.php, click_to_call.php; see that module) and, for hangup, the ESL peer
-replaying ../shared/transcripts/freeswitch-1.10.12/esl_originate_answer_kill_transcript.txt and
+replaying tests/peers/captures/freeswitch-1.10.12/esl_originate_answer_kill_transcript.txt and
 esl_api_transcript.txt (uuid_kill of an unknown uuid).
 """
 

@@ -1,6 +1,6 @@
 """The OpenSIPS adapter against an mi_http peer shaped on real OpenSIPS 3.4.18 captures (tests/peers/mi_http.py).
 
-Each test names the capture its wire shapes come from (../shared/transcripts/opensips-3.4.18/). The peer also
+Each test names the capture its wire shapes come from (tests/peers/captures/opensips-3.4.18/). The peer also
 plays what deploy/opensips/opensips.cfg records in cachedb_local, on per-party schedules measured on the lab
 (docs/opensips.md). Nothing here waits on a fixed sleep: follow() polls until the peer's timers fire.
 """

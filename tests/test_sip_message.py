@@ -1,10 +1,10 @@
 """The SIP response parser (bus/sip/message.py): RFC 3261 §7 forms, limits, and hostile input.
 
 Fixtures are byte-exact replies captured from real servers:
-- ../shared/transcripts/asterisk-22.10.1/options_asterisk_ident.txt (Asterisk 22.10.1 chan_pjsip, 200)
-- ../shared/transcripts/asterisk-22.10.1/options_asterisk.txt (401 with WWW-Authenticate)
-- ../shared/transcripts/opensips-3.4.18/options_opensips.txt (OpenSIPS 3.4.18, 200)
-- ../shared/kamailio-lab.md §5(a) (Kamailio 5.6.3, 200, empty `Accept-Encoding:` / `Supported:`)
+- tests/peers/captures/asterisk-22.10.1/options_asterisk_ident.txt (Asterisk 22.10.1 chan_pjsip, 200)
+- tests/peers/captures/asterisk-22.10.1/options_asterisk.txt (401 with WWW-Authenticate)
+- tests/peers/captures/opensips-3.4.18/options_opensips.txt (OpenSIPS 3.4.18, 200)
+- docs/reference/kamailio-lab.md §5(a) (Kamailio 5.6.3, 200, empty `Accept-Encoding:` / `Supported:`)
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Number forms and the Q.850 ↔ SIP tables in bus/sip.py (one home for SIP facts).
 
-Table values: ../shared/vendors.md §8 (RFC 3398 §7.2.4.1 / §8.2.6.1, FreeSWITCH and Asterisk columns).
+Table values: docs/reference/vendors.md §8 (RFC 3398 §7.2.4.1 / §8.2.6.1, FreeSWITCH and Asterisk columns).
 """
 
 from __future__ import annotations

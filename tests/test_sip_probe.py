@@ -1,7 +1,7 @@
 """The OPTIONS client (bus/sip/options.py) against small Python peers on 127.0.0.1 (no binaries needed).
 
 Each peer copies Via/From/To/Call-ID/CSeq from the request, as a real UAS does (RFC 3261 §8.2.6.2);
-reply shapes follow ../shared/transcripts/opensips-3.4.18/options_opensips.txt.
+reply shapes follow tests/peers/captures/opensips-3.4.18/options_opensips.txt.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """SIP response codes: RFC 3261 §21 reason phrases, and the Q.850 cause ↔ SIP response tables of
 RFC 3398 §7.2.4.1 / §8.2.6.1 with the FreeSWITCH and Asterisk columns where they differ
-(../shared/vendors.md §8). Every adapter that turns a vendor's cause into a SIP code reads them here.
+(docs/reference/vendors.md §8). Every adapter that turns a vendor's cause into a SIP code reads them here.
 """
 
 from __future__ import annotations
@@ -77,7 +77,7 @@ def reason_phrase(code: int) -> str:
 # ---------------------------------------------------------------- Q.850 cause ↔ SIP response
 #
 # Sources: RFC 3398 §7.2.4.1 (ISUP cause → SIP) and §8.2.6.1 (SIP → ISUP cause), as tabled and
-# cross-checked in ../shared/vendors.md §8 (FreeSWITCH `hangup_cause_to_sip()` in mod_sofia.c and
+# cross-checked in docs/reference/vendors.md §8 (FreeSWITCH `hangup_cause_to_sip()` in mod_sofia.c and
 # `sofia_glue_sip_cause_to_freeswitch()` in sofia_glue.c; Asterisk chan_pjsip `hangup_cause2sip()`
 # and res_pjsip `ast_sip_hangup_sip2cause()`). The §8.2.6.1 text ("unlisted → 31", "BYE/CANCEL → 16",
 # 487 unmapped, 488/606 "by Warning header") was re-checked against a copy of the RFC page 45.

@@ -2,10 +2,10 @@
 
 - A real Kamailio 5.6 running deploy/kamailio/kamailio.cfg: its request_route answers out-of-dialog
   OPTIONS addressed to itself with `options_reply()` (the "Keepalive/test probes" block), carrying
-  `Server: kamailio (5.6.x (x86_64/linux))` (../shared/kamailio-lab.md §5(a)). Detected over UDP and
+  `Server: kamailio (5.6.x (x86_64/linux))` (docs/reference/kamailio-lab.md §5(a)). Detected over UDP and
   TCP, its version checked against JSON-RPC `core.version`.
 - SIPp UASes (tests/sipp/options_uas.xml) answering with each vendor's real header string
-  (../shared/vendors.md §9; FreeSWITCH in User-Agent, the others in Server).
+  (docs/reference/vendors.md §9; FreeSWITCH in User-Agent, the others in Server).
 - No answer: a port nobody listens on → retransmissions until the timeout, Unreachable naming what
   was tried; the CLI exits 4 with the same.
 - `ifbus add sip edge1 --host 127.0.0.1 --opt sip_port=…` without a type stores kamailio
@@ -41,7 +41,7 @@ needs_kamailio = pytest.mark.skipif(
 needs_sipp = pytest.mark.skipif(not sipp_available(), reason="sipp binary not installed (apt-get install sip-tester)")
 pytestmark = pytest.mark.integration
 
-# (header, value, type, version): the strings of ../shared/vendors.md §9 / the issue.
+# (header, value, type, version): the strings of docs/reference/vendors.md §9 / the issue.
 VENDOR_BANNERS = {
     "asterisk": ("Server", "Asterisk PBX 20.5.0", "asterisk", "20.5.0"),
     "freeswitch": ("User-Agent", "FreeSWITCH-mod_sofia/1.10.12-release~64bit", "freeswitch", "1.10.12"),

@@ -1,6 +1,6 @@
 """A FreeSWITCH 1.10.12 event socket (inbound ESL) peer for tests, replaying real captures.
 
-Every frame it sends is taken byte for byte from ../shared/transcripts/freeswitch-1.10.12/ (the `<<`
+Every frame it sends is taken byte for byte from tests/peers/captures/freeswitch-1.10.12/ (the `<<`
 lines of each capture, joined with LF; the parser below checks each Content-Length against the bytes
 it rebuilt, so a transcript misread fails loudly). Only three things are substituted, all with
 values of the same kind the real server would put there:
@@ -37,8 +37,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import quote
 
-TRANSCRIPTS = Path("/work/shared/transcripts/freeswitch-1.10.12")
-CAPTURES = Path(__file__).resolve().parent / "captures" / "freeswitch-1.10.12"  # recorded on the lab for this peer
+# The real captures (the team's shared transcripts, copied here so the suite needs nothing outside the repo),
+# plus the filter exchange recorded on the lab for this peer.
+CAPTURES = Path(__file__).resolve().parent / "captures" / "freeswitch-1.10.12"
+TRANSCRIPTS = CAPTURES
 _LINE = re.compile(r"\s*\d+\.\d+ \[[a-z]+\] (<<|>>) (.*)")
 
 

@@ -1,5 +1,5 @@
 """A fake FusionPBX web server for tests, written from FusionPBX's own source (github:fusionpbx/fusionpbx,
-master @ c7a00dcb3e; the 5.5 behaviour from ../shared/vendors.md §7.3a):
+master @ c7a00dcb3e; the 5.5 behaviour from docs/reference/vendors.md §7.3a):
 
 - resources/require.php:97-102   session cookie `PHPSESSID` (path=/; secure; HttpOnly; SameSite=Lax);
 - resources/check_auth.php       an unauthorised request runs the authentication plugins; failure →

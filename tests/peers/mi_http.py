@@ -1,6 +1,6 @@
 """An OpenSIPS 3.4 mi_http peer for tests: raw HTTP/1.1 on 127.0.0.1, shaped byte for byte on real captures.
 
-Sources (../shared/transcripts/opensips-3.4.18/ unless said otherwise):
+Sources (tests/peers/captures/opensips-3.4.18/ unless said otherwise):
 
 - `mi_basic_transcript.txt`: replies are `HTTP/1.1 200 OK`, then `Date:`, `Content-Type: application/json`,
   `Content-Length:` and a compact JSON body `{"jsonrpc":"2.0","result":…,"id":…}`; the connection stays open

@@ -4,7 +4,7 @@ Why one module: the wire grammar is shared by the FreeSWITCH adapter and FusionP
 and every byte we send to a FreeSWITCH passes through the builders here, so the injection checks
 live in one place. Sockets, threads and deadlines are workers.transports.stream's job.
 
-Wire facts (../shared/transcripts/freeswitch-1.10.12/, ../shared/vendors.md §2.2; FreeSWITCH
+Wire facts (tests/peers/captures/freeswitch-1.10.12/, docs/reference/vendors.md §2.2; FreeSWITCH
 src/mod/event_handlers/mod_event_socket/mod_event_socket.c):
 
 - a frame is `Name: value\\n` header lines and a blank line, then `Content-Length` bytes of body if

@@ -15,7 +15,7 @@ Commands sent (wire shapes: workers/adapters/esl.py; public behaviour: docs/free
 
 Events are matched by origination_uuid and Job-UUID, never by order: the captures show
 CHANNEL_HANGUP_COMPLETE before BACKGROUND_JOB for busy and timer B, after it for NO_ANSWER, and no
-CHANNEL event carries the Job-UUID (../shared/transcripts/README.md).
+CHANNEL event carries the Job-UUID (tests/peers/captures/README.md).
 """
 
 from __future__ import annotations

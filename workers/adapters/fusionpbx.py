@@ -1,6 +1,6 @@
 """FusionPBX adapter: FusionPBX's own click-to-call page, and the box's event socket for hangup.
 
-FusionPBX core has no REST API (../shared/vendors.md §7.1). Calls go through
+FusionPBX core has no REST API (docs/reference/vendors.md §7.1). Calls go through
 `app/click_to_call/click_to_call.php?src=<from>&dest=<to>`, which runs a *blocking* `api originate`
 over the box's ESL and prints `+OK <uuid>` (the A-leg answered) or `-ERR <CAUSE>`; so `originate`
 returns only once the outcome is known, and `follow` has nothing left to wait for.

@@ -3,7 +3,7 @@
 Click-to-call is b2b_logic's `b2b_trigger_scenario`: OpenSIPS, as a B2BUA, calls `from`, and once it
 answers calls `to` and bridges the two. The command answers only `"OK"` — no session key, no outcome —
 and a refused call leaves little behind (a busy callee's session lingers in `b2b_list` for 30-130 s in
-state 5, a refusing caller's vanishes at once; ../shared/transcripts/README.md). So the server's config
+state 5, a refusing caller's vanishes at once; tests/peers/captures/README.md). So the server's config
 (deploy/opensips/opensips.cfg, the "IF.bus: c2c outcome tracking" block) records what happened in
 cachedb_local, under a tag this adapter makes up and passes as the session's `ifbus` context value:
 

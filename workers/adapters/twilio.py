@@ -1,6 +1,6 @@
 """Twilio adapter: Programmable Voice REST API 2010-04-01, Accounts and Calls resources.
 
-Wire facts (../shared/vendors.md §5; Twilio's OpenAPI twilio/twilio-oai `spec/json/twilio_api_v2010.json`):
+Wire facts (docs/reference/vendors.md §5; Twilio's OpenAPI twilio/twilio-oai `spec/json/twilio_api_v2010.json`):
 
 - test   = GET  /2010-04-01/Accounts/{AccountSid}.json
 - call   = POST /2010-04-01/Accounts/{AccountSid}/Calls.json, form-encoded To, From, Twiml|Url, Timeout → 201
@@ -59,7 +59,7 @@ PENDING = frozenset({"queued", "initiated", "ringing"})
 # A call that ended without being answered → the SIP final response a gateway would have sent
 # (reason phrases from bus.sip, the one home for SIP facts).
 # Sources: Twilio "What do the call statuses mean?" (help.twilio.com, support article 223132547);
-# RFC 3398 §7.2.4.1 Q.850→SIP as tabled in ../shared/vendors.md §8.1; RFC 3261 §9.1 / §21.4.25.
+# RFC 3398 §7.2.4.1 Q.850→SIP as tabled in docs/reference/vendors.md §8.1; RFC 3261 §9.1 / §21.4.25.
 STATUS_SIP: dict[str, int] = {
     # "Twilio dialed the number and received a busy signal" = Q.850 17 USER_BUSY → 486 (RFC 3398).
     "busy": 486,
@@ -81,7 +81,7 @@ ENDED = frozenset(STATUS_SIP) | {"completed"}
 
 # Twilio REST error codes on call create → the SIP response a gateway would have given. These are
 # refusals (HTTP 400: nothing was placed), final for the call: CallRejected, never retried or failed over.
-# Code meanings: ../shared/vendors.md §5.2 and https://www.twilio.com/docs/api/errors/<code>.
+# Code meanings: docs/reference/vendors.md §5.2 and https://www.twilio.com/docs/api/errors/<code>.
 CREATE_ERROR_SIP: dict[int, int] = {
     21200: 400,  # required parameter missing / invalid method or URL
     21201: 484,  # no To number: the address to dial is missing

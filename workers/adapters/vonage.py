@@ -1,6 +1,6 @@
 """Vonage adapter: Voice API v1 (calls) with a JWT, Account API (balance) with key and secret.
 
-Wire facts (../shared/vendors.md §6; Vonage's OpenAPI, Nexmo/api-specification `definitions/voice.yml`
+Wire facts (docs/reference/vendors.md §6; Vonage's OpenAPI, Nexmo/api-specification `definitions/voice.yml`
 and `account.yml`, copies in tests/specs/vonage/):
 
 - test   = GET  {rest_base_url}/account/get-balance, HTTP Basic api_key:api_secret → {"value", "autoReload"}

@@ -1,6 +1,6 @@
 """The Vonage Voice API's credential: a short-lived RS256 JWT signed with the application's private key.
 
-Claims as Vonage documents them (developer.vonage.com/jwt; ../shared/vendors.md §6.1): `application_id`,
+Claims as Vonage documents them (developer.vonage.com/jwt; docs/reference/vendors.md §6.1): `application_id`,
 `iat`, `exp`, and a unique `jti`. Vonage accepts up to 24 h of validity; a token here lives
 `lifetime` seconds (minutes, not hours: a leaked token is worth little) and is reused until
 `margin` seconds before it expires, so a burst of status polls signs once instead of once per poll.

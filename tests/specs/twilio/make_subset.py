@@ -1,6 +1,6 @@
 """Cut the part of Twilio's OpenAPI description the contract tests use, so they run in any clone.
 
-Input: the derived copy `twilio_api_v2010.form-arrays.json` (../shared/specs/derived/, made from
+Input: the derived copy `twilio_api_v2010.form-arrays.json` (tests/specs/derived/, made from
 twilio/twilio-oai @ d50069b44ea8cd23141385bdb6db48f16ff75bb5 `spec/json/twilio_api_v2010.json`, MIT).
 Output: the same document with only PATHS and every component they reference (transitively),
 byte-for-byte the vendor's definitions otherwise. Run: python make_subset.py INPUT > OUTPUT
