@@ -24,6 +24,9 @@
 | `ifbus:requests:dead`         | list   | ingress    | capped length  | unanswerable requests, with the reason      |
 | `ifbus:ingresses`             | set    | ingress    | none           | ingress ids that own a processing list      |
 | `ifbus:ingress:<ingress>`     | string | ingress    | INGRESS_TTL, renewed | that ingress is alive                 |
+| `ifbus:registry`              | hash   | add/remove | none           | fleet registry (IFBUS_REGISTRY=redis), sealed |
+| `ifbus:registry:version`      | string | add/remove | none           | bumped by each change: re-read the hash |
+| `rq:queue:sip.<type>`         | list   | RQ         | none           | RQ's job list: KEDA and `status` measure it |
 
 Durations (seconds) live in bus.ledger / bus.health beside the rules that need them.
 """
@@ -112,3 +115,15 @@ def requests_processing(ingress_id: str) -> str:
 
 def ingress(ingress_id: str) -> str:
     return f"{PREFIX}ingress:{ingress_id}"
+
+
+# The fleet's registry (bus.registry_redis).
+REGISTRY = PREFIX + "registry"
+REGISTRY_VERSION = REGISTRY + ":version"
+# RQ's own key for a queue's job list (rq.Queue.redis_queue_namespace_prefix): KEDA's `listName`.
+RQ_QUEUE_PREFIX = "rq:queue:"
+
+
+def rq_queue(type_: str) -> str:
+    """The Redis list RQ keeps a vendor queue's waiting job ids in (`rq:queue:sip.kamailio`)."""
+    return RQ_QUEUE_PREFIX + queue(type_)

@@ -1,16 +1,25 @@
 """The server registry: names to entries, behind one small interface.
 
-The file `~/.if/sip_servers.json` is the first backend. Workers on other hosts need the same
-names, so a Redis-backed registry can be added later by implementing `Registry` in one module
-(DESIGN.md, "Where the registry lives").
+Two backends, chosen by `IFBUS_REGISTRY` (open_registry):
+
+- unset or `file`: `~/.if/sip_servers.json` (or `$IFBUS_HOME/…`), the default for one machine;
+- `redis` (the bus's own `IFBUS_REDIS_URL`) or a Redis URL of its own: one registry for a fleet
+  (bus.registry_redis), so every worker on every host serves the same names, `add`/`remove` on any
+  host change it for all, and a worker sees a change at its next job without a restart.
+
+Both hand out entries as their users need them: `env:NAME` credentials resolved in this process
+(bus.credentials.at_use) and, in Redis, secrets unsealed (bus.vault). What cannot be resolved here
+stays as stored, and is logged once per process (on the `ifbus.registry` logger, silent in the CLI).
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
 import fcntl
 import json
+import logging
 import os
 import stat
 import tempfile
@@ -21,6 +30,10 @@ from typing import Protocol
 from bus.errors import BusError, InvalidInput, NotFound, RegistryError
 from bus.server import ServerEntry
 from bus.validate import check_name
+
+log = logging.getLogger("ifbus.registry")
+log.addHandler(logging.NullHandler())  # the CLI stays quiet; a worker's configured root handler logs it
+_reported: set[tuple[str, str]] = set()
 
 FILE_NAME = "sip_servers.json"
 LOCK_NAME = FILE_NAME + ".lock"
@@ -80,7 +93,7 @@ class FileRegistry:
         return entries[name]
 
     def entries(self) -> dict[str, ServerEntry]:
-        return self._parse(self._read())
+        return {name: for_use(name, entry) for name, entry in self._parse(self._read()).items()}
 
     def add(self, name: str, entry: ServerEntry, replace: bool = False) -> None:
         check_name(name)
@@ -192,7 +205,30 @@ class FileRegistry:
             os.close(fd)
 
 
-def open_registry(folder: Path | None = None) -> Registry:
-    from bus.paths import home
+def for_use(name: str, entry: ServerEntry, sealed_keys: tuple[str, ...] = ()) -> ServerEntry:
+    """`entry` as a worker uses it: `env:NAME` values from this process's environment; what stays
+    unresolved (and, from Redis, what no key here unseals) is reported once per process and key."""
+    from bus.credentials import ENV_PREFIX, at_use
 
-    return FileRegistry(folder or home())
+    if not sealed_keys and not any(v.startswith(ENV_PREFIX) for v in entry.auth.values()):
+        return entry
+    auth, missing = at_use(entry.type, entry.auth)
+    for key in [*missing, *sealed_keys]:
+        if (name, key) not in _reported:
+            _reported.add((name, key))
+            why = "sealed, and no IFBUS_REGISTRY_KEY here opens it" if key in sealed_keys else (
+                f"its variable ({entry.auth.get(key)}) is unset or not a valid value in this process")
+            log.warning("registry: server %s auth %s is unresolved: %s", name, key, why)
+    return dataclasses.replace(entry, auth=auth)
+
+
+def open_registry(folder: Path | None = None) -> Registry:
+    """The registry `IFBUS_REGISTRY` names: the file (default), `redis` (IFBUS_REDIS_URL) or a Redis URL."""
+    from bus.paths import env, home
+
+    kind = env("registry")
+    if kind is None or kind == "file":
+        return FileRegistry(folder or home())
+    from bus.registry_redis import RedisRegistry, registry_url
+
+    return RedisRegistry.shared(registry_url(kind))

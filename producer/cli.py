@@ -482,6 +482,9 @@ def _submit(
         raise InvalidInput(f"bad IFBUS_* environment: {_first_error(exc)}") from None
     model = {"test": TestRequest, "call": CallRequest, "hangup": HangupRequest}[op]
     fields = {**fields, "timeout": timeout or settings.timeout}
+    from bus.redis_conn import limit
+
+    limit(fields["timeout"])  # connecting to Redis may not take longer than the answer may
     if request_id:
         fields["request_id"] = request_id
     try:
@@ -561,9 +564,14 @@ def job(job_id: str, as_json: bool) -> None:
     help="Worker processes to run (each a non-forking RQ worker).",
 )
 @click.option("--burst", is_flag=True, help="Exit once the queues are empty.")
+@click.option("--metrics-port", type=click.IntRange(0, 65535), envvar="IFBUS_METRICS_PORT", default=None,
+              help="Serve Prometheus /metrics on this port for all --concurrency processes (IFBUS_METRICS_PORT).")
+@click.option("--metrics-addr", envvar="IFBUS_METRICS_ADDR", default="0.0.0.0", show_default=True,
+              help="Address /metrics listens on (IFBUS_METRICS_ADDR).")  # fmt: skip
 @json_option
 @guarded
-def worker(types: tuple[str, ...], concurrency: int, burst: bool, as_json: bool) -> None:
+def worker(types: tuple[str, ...], concurrency: int, burst: bool, metrics_port: int | None, metrics_addr: str,
+           as_json: bool) -> None:  # fmt: skip
     """Run RQ workers for vendor queues (all types by default).
 
     SIGTERM finishes the current job, then exits. Logs are JSON lines on stderr.
@@ -571,7 +579,7 @@ def worker(types: tuple[str, ...], concurrency: int, burst: bool, as_json: bool)
     \b
     Examples:
       ifbus worker                       # every vendor queue
-      ifbus worker kamailio --concurrency 4
+      ifbus worker kamailio --concurrency 4 --metrics-port 9108
     """
     from bus.logging import configure
     from bus.redis_conn import connect
@@ -591,9 +599,30 @@ def worker(types: tuple[str, ...], concurrency: int, burst: bool, as_json: bool)
         burst,
         settings.log_level,
         settings.probe_interval,
+        metrics_port,
+        metrics_addr,
     )
     if as_json:  # the one object, once the workers have stopped
         emit(True, {"ok": True, "stopped": True}, "")
+
+
+@cli.command(context_settings=CONTEXT)
+@click.option("--timeout", type=click.FloatRange(0.1, 3600), default=5.0, show_default=True,
+              help="Seconds to wait for Redis.")  # fmt: skip
+@json_option
+@guarded
+def status(timeout: float, as_json: bool) -> None:
+    """Queues (depth, oldest job, workers), servers (breaker, failures, last probe) and failed jobs.
+
+    \b
+    Examples:
+      ifbus status
+      ifbus status --json | jq '.queues[] | {queue, depth}'
+    """
+    from bus.status import render, report
+
+    result = report(timeout)
+    emit(as_json, {"ok": True, **result}, render(result))
 
 
 @cli.command(context_settings=CONTEXT)

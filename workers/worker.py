@@ -24,9 +24,11 @@ from rq import Queue, SimpleWorker, worker_registration
 from rq.intermediate_queue import IntermediateQueue
 from rq.job import Job
 from rq.serializers import JSONSerializer
+from rq.worker_pool import WorkerPool
 
 from bus.logging import get_logger
 from bus.queues import JOB_FUNCTION, queue_name
+from bus.redis_conn import from_url
 from bus.validate import show
 
 log = get_logger("ifbus.worker")
@@ -56,6 +58,20 @@ class BusJob(Job):
             log.error("job.refused", job_id=self.id, func=name, reason="not an ifbus job function")
             raise ForbiddenJob(f"refused job {self.id}: function {name!r} is not an ifbus job function")
         return super().func
+
+    def perform(self) -> Any:
+        """Run the job and count it for /metrics (workers.metrics; nothing when metrics are off)."""
+        from workers import metrics
+
+        if not metrics.enabled():
+            return super().perform()
+        started, result = time.monotonic(), None
+        try:
+            result = super().perform()
+            return result
+        finally:
+            payload = self.args[0] if self.args else None
+            metrics.observe(self.origin, payload, result, time.monotonic() - started)
 
 
 def _skip(queue_key: str, entry: str, connection: Redis, exc: BaseException) -> None:
@@ -132,6 +148,36 @@ class BusWorker(SimpleWorker):
                     reason="its registration vanished from Redis (a restart?)")  # fmt: skip
 
 
+class BusWorkerPool(WorkerPool):
+    """RQ's WorkerPool, whose worker processes connect through bus.redis_conn.
+
+    RQ rebuilds a child's connection from the parent's pool class and kwargs, which a Sentinel
+    pool does not survive (its connections hold the parent's pool object); each child here builds
+    its client from the URL instead, so `redis+sentinel://` finds the current master in every process.
+    """
+
+    def __init__(self, redis_url: str, queues: list[str], num_workers: int) -> None:
+        self.redis_url = redis_url
+        super().__init__(queues, connection=from_url(redis_url), num_workers=num_workers, worker_class=BusWorker,
+                         serializer=JSONSerializer, job_class=BusJob)  # fmt: skip
+
+    def get_worker_process(self, name: str, burst: bool, _sleep: float = 0, logging_level: str = "INFO") -> Any:
+        from multiprocessing.context import ForkProcess
+
+        return ForkProcess(
+            target=_pool_worker,
+            args=(name, self._queue_names, self.redis_url, burst, logging_level),
+            name=f"Worker {name} (WorkerPool {self.name})",
+        )
+
+
+def _pool_worker(name: str, queues: list[str], redis_url: str, burst: bool, logging_level: str) -> None:
+    """One worker process of a pool (what rq.worker_pool.run_worker does, with our connection)."""
+    connection = from_url(redis_url)
+    worker = BusWorker(queues, name=name, connection=connection, serializer=JSONSerializer, job_class=BusJob)
+    worker.work(burst=burst, with_scheduler=False, logging_level=logging_level)
+
+
 def run_workers(
     redis_url: str,
     types: list[str],
@@ -139,29 +185,27 @@ def run_workers(
     burst: bool = False,
     log_level: str = "INFO",
     probe_interval: float = 2.0,
+    metrics_port: int | None = None,
+    metrics_addr: str = "0.0.0.0",
 ) -> None:
-    """Run the workers (this process, or a pool of N) with one prober of open servers beside them."""
+    """Run the workers (this process, or a pool of N) with one prober of open servers beside them,
+    and /metrics on `metrics_port` for all of them (workers.metrics: multiprocess mode)."""
     from workers.prober import Prober
 
     queues = [queue_name(t) for t in types]
     log.info("worker.start", queues=queues, concurrency=concurrency, burst=burst)
-    prober = Prober(Redis.from_url(redis_url), types, probe_interval)
+    if metrics_port is not None:
+        from workers import metrics
+
+        metrics.start(metrics_port, metrics_addr, from_url(redis_url), types)
+    prober = Prober(from_url(redis_url), types, probe_interval)
     if not burst and probe_interval > 0:
         prober.start()
     try:
         if concurrency == 1:
             _serve(redis_url, queues, burst, log_level)
             return
-        from rq.worker_pool import WorkerPool
-
-        pool = WorkerPool(  # the pool respawns a worker process whose loop ended
-            queues,
-            connection=Redis.from_url(redis_url),
-            num_workers=concurrency,
-            worker_class=BusWorker,
-            serializer=JSONSerializer,
-            job_class=BusJob,
-        )
+        pool = BusWorkerPool(redis_url, queues, num_workers=concurrency)  # respawns a process whose loop ended
         pool.start(burst=burst, logging_level=log_level.upper())
     finally:
         prober.stop()
@@ -172,7 +216,7 @@ def _serve(redis_url: str, queues: list[str], burst: bool, log_level: str) -> No
     where RQ does not wait for it), a fresh worker takes over once Redis answers again."""
     wait = RESTART_WAIT_SECONDS[0]
     while True:
-        worker = BusWorker(queues, connection=Redis.from_url(redis_url), serializer=JSONSerializer, job_class=BusJob)
+        worker = BusWorker(queues, connection=from_url(redis_url), serializer=JSONSerializer, job_class=BusJob)
         try:
             worker.work(burst=burst, logging_level=log_level.upper(), with_scheduler=False)
         except _REDIS_DOWN as exc:
