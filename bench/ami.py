@@ -8,11 +8,16 @@ server would be (in this process it would share our GIL with the adapter's reade
 interleaved so every variant sees the same machine state:
   - raw Ping: one raw TCP socket, logged in once, writing `Action: Ping` and reading until the
     reply's blank line (the floor for one AMI round trip);
-  - raw CoreSettings+Ping: the same socket doing exactly the two round trips `test` does;
+  - raw CoreSettings+Ping: the same socket doing the two actions of `test` one after the other
+    (two round trips);
+  - raw pipelined: the same socket writing both actions at once, then reading both replies (what
+    `test` does: one round trip, `StreamTransport.request_many`);
   - adapter test: `AsteriskAdapter.test()` on a warm session (the pool keeps it between jobs):
     action building and checking, the reader thread, routing by ActionID, parsing;
   - adapter Ping: one `Ping` through the adapter's transport (one round trip, like raw Ping).
-Target (issue "Asterisk over AMI"): adapter test p50 ≤ 1.5× the raw socket doing the same round trips.
+Target (issue "Asterisk over AMI"): adapter test p50 ≤ 1.5× a raw-socket round trip on the same
+connection. Printed against raw Ping (the issue's words) and against the raw socket doing the same
+work (raw pipelined), and, for comparison with earlier runs, against two sequential round trips.
 
 Then session reuse: a fresh pool serves two `test` jobs for one server; the peer counts logins and
 connections (a warm worker must pay none), and the cold and warm job times are printed.
@@ -58,9 +63,10 @@ class RawAmi:
             self.buf += self.sock.recv(65536)
         self.buf = self.buf.split(end, 1)[1]
 
-    def round_trip(self, data: bytes) -> None:
+    def round_trip(self, data: bytes, replies: int = 1) -> None:
         self.sock.sendall(data)
-        self._read_until(b"\r\n\r\n")
+        for _ in range(replies):
+            self._read_until(b"\r\n\r\n")
 
 
 @contextlib.contextmanager
@@ -97,7 +103,7 @@ def main() -> None:
         adapter = AsteriskAdapter("myast", entry(port, args.user, args.secret))
         adapter.test()
         transport = adapter.session().ready()
-        names = ["raw Ping", "raw CoreSettings+Ping", "adapter test", "adapter Ping"]
+        names = ["raw Ping", "raw CoreSettings+Ping", "raw pipelined", "adapter test", "adapter Ping"]
         samples: dict[str, list[float]] = {k: [] for k in names}
 
         def adapter_ping() -> None:
@@ -111,6 +117,7 @@ def main() -> None:
         work = {
             "raw Ping": lambda: raw.round_trip(ping),
             "raw CoreSettings+Ping": raw_both,
+            "raw pipelined": lambda: raw.round_trip(core + ping, replies=2),
             "adapter test": adapter.test,
             "adapter Ping": adapter_ping,
         }
@@ -127,10 +134,13 @@ def main() -> None:
         for name in names:
             s = samples[name]
             print(f"{name:24} {pct(s, 0.5):8.3f} {pct(s, 0.9):8.3f} {statistics.fmean(s):8.3f}")
-        ratio = pct(samples["adapter test"], 0.5) / pct(samples["raw CoreSettings+Ping"], 0.5)
-        ping_ratio = pct(samples["adapter Ping"], 0.5) / pct(samples["raw Ping"], 0.5)
-        print(f"adapter test / raw CoreSettings+Ping (p50): {ratio:.2f}x  (target <= 1.5x)")
-        print(f"adapter Ping / raw Ping (p50): {ping_ratio:.2f}x")
+        p50 = {name: pct(samples[name], 0.5) for name in names}
+        test = p50["adapter test"]
+        print(f"adapter test / raw Ping (p50): {test / p50['raw Ping']:.2f}x  (target <= 1.5x)")
+        print(f"adapter test / raw pipelined, the same work (p50): {test / p50['raw pipelined']:.2f}x")
+        sequential = p50["raw CoreSettings+Ping"]
+        print(f"adapter test / raw CoreSettings+Ping, two round trips (p50): {test / sequential:.2f}x")
+        print(f"adapter Ping / raw Ping (p50): {p50['adapter Ping'] / p50['raw Ping']:.2f}x")
         adapter.close()
         raw.sock.close()
 

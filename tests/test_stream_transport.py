@@ -9,11 +9,12 @@ from __future__ import annotations
 import socket
 import threading
 import time
+from collections.abc import Callable
 
 import pytest
 
 from bus.errors import OutcomeUnknown, Unreachable
-from tests.peers.ami import AmiPeer, encode, load
+from tests.peers.ami import AmiPeer, _static, encode, load, noise_events, with_id
 from workers.adapters import ami
 from workers.transports.stream import SessionLost, StreamTransport
 
@@ -288,3 +289,131 @@ def test_oversized_frame_drops_the_session() -> None:
     with pytest.raises(SessionLost, match="exceeds 1024 bytes"):
         sub.get(time.monotonic() + T)
     srv.close()
+
+
+class PipelinePeer:
+    """A one-connection AMI server for pipelining tests: it sends the captured banner, reads until it has
+    `expect` actions (so a client that waited for one reply before writing the next would never be
+    answered), then plays `script(actions)`: a list of byte strings written one by one with TCP_NODELAY
+    and a pause between them, so each is its own read; None in the list closes the connection there.
+    Replies are captured bytes (ami_transcript.txt Ping, ami_core_show_version_transcript.txt
+    CoreSettings) answering the client's ActionIDs."""
+
+    def __init__(self, expect: int, script: Callable[[list[dict[str, str]]], list[bytes | None]]) -> None:
+        self.srv = socket.create_server(("127.0.0.1", 0))
+        self.port = self.srv.getsockname()[1]
+        self.received: list[dict[str, str]] = []
+        self._expect, self._script = expect, script
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        conn, _ = self.srv.accept()
+        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        conn.sendall(b"Asterisk Call Manager/11.0.0\r\n")
+        buf = b""
+        while buf.count(b"\r\n\r\n") < self._expect:
+            data = conn.recv(4096)
+            if not data:
+                return
+            buf += data
+        for block in buf.split(b"\r\n\r\n")[: self._expect]:
+            self.received.append(dict(line.split(": ", 1) for line in block.decode().split("\r\n")))
+        for piece in self._script(self.received):
+            if piece is None:
+                break
+            conn.sendall(piece)
+            time.sleep(0.002)  # so the pieces reach the client as separate reads
+        conn.close()
+        self.srv.close()
+
+
+def _reply(kind: str, action_id: str) -> bytes:
+    return encode(with_id(_static()[kind], action_id))
+
+
+def _split(data: bytes, size: int = 7) -> list[bytes]:
+    return [data[i : i + size] for i in range(0, len(data), size)]
+
+
+def _pair() -> list[tuple[bytes, str | None]]:
+    return [(ami.action("CoreSettings", "cs-9"), "cs-9"), (ami.action("Ping", "ping-9"), "ping-9")]
+
+
+def test_request_many_replies_out_of_order_split_with_events_between() -> None:
+    """ami_transcript.txt (Ping), ami_core_show_version_transcript.txt (CoreSettings): both actions are
+    written before any reply (the peer answers only once it holds both); the Ping reply comes FIRST, an
+    unrelated channel's event between, and every message split into 7-byte reads. Each reply still
+    reaches its own request, returned in request order."""
+    noise = encode(noise_events()[0])
+
+    def script(actions: list[dict[str, str]]) -> list[bytes | None]:
+        ids = {a["Action"]: a["ActionID"] for a in actions}
+        return _split(_reply("ping", ids["Ping"]) + noise + _reply("coresettings", ids["CoreSettings"]))
+
+    peer = PipelinePeer(2, script)
+    t = StreamTransport("myast", "127.0.0.1", peer.port, ami.AmiFraming, ami.route, connect_timeout=2)
+    t.connect(time.monotonic() + T)
+    settings, pong = t.request_many(_pair(), time.monotonic() + T)
+    assert [a["Action"] for a in peer.received] == ["CoreSettings", "Ping"]
+    assert (settings.action_id, settings.get("AsteriskVersion")) == ("cs-9", "22.10.1")
+    assert (pong.action_id, pong.get("Ping")) == ("ping-9", "Pong")
+    t.close()
+
+
+def test_request_many_session_dropped_between_the_replies_is_outcome_unknown() -> None:
+    """ami_core_show_version_transcript.txt: the CoreSettings reply arrives (split), then the server
+    closes before the Ping's reply. Both requests left us, so it is OutcomeUnknown (never Unreachable,
+    never a half result); the session is down and the next request is Unreachable, nothing sent."""
+
+    def script(actions: list[dict[str, str]]) -> list[bytes | None]:
+        return [*_split(_reply("coresettings", actions[0]["ActionID"]), 50), None]
+
+    peer = PipelinePeer(2, script)
+    t = StreamTransport("myast", "127.0.0.1", peer.port, ami.AmiFraming, ami.route, connect_timeout=2)
+    t.connect(time.monotonic() + T)
+    with pytest.raises(OutcomeUnknown, match="lost after the request was sent") as err:
+        t.request_many(_pair(), time.monotonic() + T)
+    assert err.value.details["server"] == "myast"
+    assert len(peer.received) == 2
+    with pytest.raises(Unreachable, match="nothing was sent"):
+        t.request(ami.action("Ping", "p"), time.monotonic() + T, "p")
+
+
+def test_request_many_one_reply_missing_is_outcome_unknown_at_the_deadline() -> None:
+    """ami_transcript.txt (Ping, CoreSettings) on the replay peer: Ping is never answered. The batch ends
+    at its deadline with OutcomeUnknown; keyed replies cannot cross, so the session stays usable."""
+    with AmiPeer(faults={"ping": "silent"}) as peer:
+        t = transport(peer)
+        t.connect(time.monotonic() + T)
+        login(t)
+        start = time.monotonic()
+        with pytest.raises(OutcomeUnknown, match="did not answer before the deadline"):
+            t.request_many(_pair(), start + 0.3)
+        assert 0.25 < time.monotonic() - start < 3
+        assert t.alive()
+        assert t.request(ami.action("CoreSettings", "c"), time.monotonic() + T, "c").get("AMIversion") == "11.0.0"
+        t.close()
+
+
+def test_request_many_fifo_pairs_in_write_order_and_refuses_repeated_keys() -> None:
+    """ami_transcript.txt routed FIFO (as ESL answers): three pipelined requests get their replies in
+    order; a batch repeating a key is a caller bug refused before anything is written."""
+
+    def fifo(m: ami.AmiMessage) -> tuple[str, None]:
+        return ("ignore", None) if m.banner is not None or m.event else ("reply", None)
+
+    with AmiPeer(noise=True, chunk=5) as peer:
+        t = StreamTransport("myast", "127.0.0.1", peer.port, ami.AmiFraming, fifo, connect_timeout=2)
+        t.connect(time.monotonic() + T)
+        batch = [
+            (ami.action("Login", "l", [("Username", "admin"), ("Secret", "pass123")]), None),
+            (ami.action("CoreSettings", "c"), None),
+            (ami.action("Ping", "p"), None),
+        ]
+        login_ok, cs, pong = t.request_many(batch, time.monotonic() + T)
+        assert [m.action_id for m in (login_ok, cs, pong)] == ["l", "c", "p"]
+        assert cs.get("AMIversion") == "11.0.0" and pong.get("Ping") == "Pong"
+        with pytest.raises(RuntimeError, match="repeated"):
+            t.request_many([(ami.action("Ping", "x"), "x"), (ami.action("Ping", "x"), "x")], time.monotonic() + T)
+        assert peer.count("Ping") == 1 and t.alive()
+        t.close()

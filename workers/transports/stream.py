@@ -26,7 +26,7 @@ import select
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Generic, Literal, Protocol, TypeVar
 
 from bus.errors import OutcomeUnknown, Unreachable
@@ -56,28 +56,45 @@ class Framing(Protocol[F]):
     def feed(self, data: bytes) -> list[F]: ...
 
 
-class _Waiter(Generic[F]):
-    """One request waiting for its reply. A pre-acquired lock, not an Event: released once by the
-    reader, it wakes the waiter with a single semaphore operation (an Event's Condition costs more
-    on the hot path of every request)."""
+class _Batch:
+    """The requests of one `request_many` call. One pre-acquired lock, not an Event, released by the
+    reader when the batch's last reply is in (or the session is lost): the caller wakes once, with a
+    single semaphore operation, however many reads its replies took (an Event's Condition, or one
+    wake-up per reply, costs more on the hot path of every request)."""
 
-    __slots__ = ("_done", "_set", "frame", "key")
+    __slots__ = ("_done", "left")
 
-    def __init__(self, key: str | None) -> None:
-        self.key = key
-        self.frame: F | None = None
-        self._set = False
+    def __init__(self, size: int) -> None:
+        self.left = size
         self._done = threading.Lock()
         self._done.acquire()
+
+    def arrived(self) -> None:
+        """Called with the transport's lock held."""
+        self.left -= 1
+        if self.left == 0:
+            self._done.release()
+
+    def wait(self, timeout: float) -> bool:
+        return self._done.acquire(timeout=timeout)
+
+
+class _Waiter(Generic[F]):
+    """One request waiting for its reply (frame None once set: the session was lost)."""
+
+    __slots__ = ("_set", "batch", "frame", "key")
+
+    def __init__(self, key: str | None, batch: _Batch) -> None:
+        self.key = key
+        self.batch = batch
+        self.frame: F | None = None
+        self._set = False
 
     def set(self) -> None:
         """Called with the transport's lock held, so at most once takes effect."""
         if not self._set:
             self._set = True
-            self._done.release()
-
-    def wait(self, timeout: float) -> bool:
-        return self._done.acquire(timeout=timeout)
+            self.batch.arrived()
 
 
 class Subscription(Generic[F]):
@@ -263,70 +280,91 @@ class StreamTransport(Generic[F]):
 
     def request(self, data: bytes, deadline: float, key: str | None = None) -> F:
         """Write `data` and wait for its reply (see the class docstring for routing)."""
-        waiter: _Waiter[F] = _Waiter(key)
-        with self._lock:
-            if self._lost is not None:
-                raise Unreachable(
-                    f"Session to {self.server} is down ({self._lost}); nothing was sent", server=self.server
-                )
-            if key is None:
-                self._fifo.append(waiter)
-            else:
-                if key in self._keyed:
-                    raise RuntimeError(f"request key {key!r} is already waiting")
-                self._keyed[key] = waiter
-        try:
-            self._write(data, deadline)
-        except BaseException:
-            self._forget(waiter)
-            raise
-        if not waiter.wait(max(0.0, deadline - time.monotonic())):
-            self._forget(waiter)
-            if key is None:
+        return self.request_many(((data, key),), deadline)[0]
+
+    def request_many(self, requests: Sequence[tuple[bytes, str | None]], deadline: float) -> list[F]:
+        """Pipelining: write every `(data, key)` at once, then wait for all their replies; returns them
+        in request order, whatever order they arrive in (keys) or in FIFO order (key None).
+
+        Why: each round trip through the reader thread costs a thread wake-up; requests that do not
+        depend on each other (AMI `CoreSettings` and `Ping`) pay it once instead of once each. All or
+        nothing: nothing written → Unreachable; written, then any reply missing (session lost, even
+        between two replies, or the deadline) → OutcomeUnknown. Duplicate keys are a caller bug
+        (RuntimeError) found before anything is written.
+        """
+        if not requests:
+            return []
+        batch = _Batch(len(requests))
+        waiters: list[_Waiter[F]] = [_Waiter(key, batch) for _, key in requests]
+        keys = [w.key for w in waiters if w.key is not None]
+        # The write lock is taken before the waiters are registered, so FIFO waiters are queued in the
+        # order their bytes reach the socket even when threads race.
+        with self._write_lock:
+            with self._lock:
+                if self._lost is not None:
+                    raise Unreachable(
+                        f"Session to {self.server} is down ({self._lost}); nothing was sent", server=self.server
+                    )
+                if len(set(keys)) != len(keys) or any(k in self._keyed for k in keys):
+                    raise RuntimeError(f"request keys {keys!r}: one is repeated or already waiting")
+                for w in waiters:
+                    if w.key is None:
+                        self._fifo.append(w)
+                    else:
+                        self._keyed[w.key] = w
+            try:
+                self._write(requests[0][0] if len(requests) == 1 else b"".join(d for d, _ in requests), deadline)
+            except BaseException:
+                self._forget(*waiters)
+                raise
+        if not batch.wait(max(0.0, deadline - time.monotonic())):
+            self._forget(*waiters)
+            if any(w.key is None and w.frame is None for w in waiters):
                 # FIFO pairing is now broken: the late reply would go to the next request.
                 self._mark_lost("a reply did not come in time")
             raise OutcomeUnknown(
                 f"{self.server} did not answer before the deadline; the request was sent and may have been acted on",
                 server=self.server,
             )
-        if waiter.frame is None:
+        frames = [w.frame for w in waiters]
+        if None in frames:
             raise OutcomeUnknown(
                 f"Session to {self.server} lost after the request was sent ({self._lost}); it may have been acted on",
                 server=self.server,
             )
-        return waiter.frame
+        return frames  # type: ignore[return-value]
 
     def _write(self, data: bytes, deadline: float) -> None:
-        # The socket stays in blocking mode for the reader (a timeout would set O_NONBLOCK on the shared
-        # file description); writes wait for room with poll() and never block in send().
+        """Called with the write lock held. The socket stays in blocking mode for the reader (a timeout
+        would set O_NONBLOCK on the shared file description); writes wait for room with poll() and
+        never block in send()."""
         sent = 0
-        with self._write_lock:
-            sock = self._sock
-            try:
-                if sock is None or self._lost is not None:
-                    raise OSError("session down")
-                poller = select.poll()
-                poller.register(sock, select.POLLOUT)
-                while sent < len(data):
-                    left = deadline - time.monotonic()
-                    if left <= 0:
-                        raise TimeoutError("write deadline passed")
-                    if not poller.poll(left * 1000):
-                        continue
-                    try:
-                        sent += sock.send(data[sent:], socket.MSG_DONTWAIT)
-                    except BlockingIOError:
-                        continue
-            except OSError as exc:  # TimeoutError is an OSError
-                self._mark_lost(f"write failed: {exc}")
-                if sent == 0:
-                    raise Unreachable(
-                        f"Session to {self.server} is down ({exc}); nothing was sent", server=self.server
-                    ) from None
-                raise OutcomeUnknown(
-                    f"Session to {self.server} failed while sending ({exc}); part of the request left us",
-                    server=self.server,
+        sock = self._sock
+        try:
+            if sock is None or self._lost is not None:
+                raise OSError("session down")
+            poller = select.poll()
+            poller.register(sock, select.POLLOUT)
+            while sent < len(data):
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise TimeoutError("write deadline passed")
+                if not poller.poll(left * 1000):
+                    continue
+                try:
+                    sent += sock.send(data[sent:], socket.MSG_DONTWAIT)
+                except BlockingIOError:
+                    continue
+        except OSError as exc:  # TimeoutError is an OSError
+            self._mark_lost(f"write failed: {exc}")
+            if sent == 0:
+                raise Unreachable(
+                    f"Session to {self.server} is down ({exc}); nothing was sent", server=self.server
                 ) from None
+            raise OutcomeUnknown(
+                f"Session to {self.server} failed while sending ({exc}); part of the request left us",
+                server=self.server,
+            ) from None
 
     def subscribe(self, predicate: Callable[[F], bool]) -> Subscription[F]:
         """Events matching `predicate` from now on. Subscribe BEFORE sending the request whose events
@@ -344,13 +382,14 @@ class StreamTransport(Generic[F]):
             if sub in self._subs:
                 self._subs.remove(sub)
 
-    def _forget(self, waiter: _Waiter[F]) -> None:
+    def _forget(self, *waiters: _Waiter[F]) -> None:
         with self._lock:
-            if waiter.key is not None:
-                if self._keyed.get(waiter.key) is waiter:
-                    del self._keyed[waiter.key]
-            elif waiter in self._fifo:
-                self._fifo.remove(waiter)
+            for waiter in waiters:
+                if waiter.key is not None:
+                    if self._keyed.get(waiter.key) is waiter:
+                        del self._keyed[waiter.key]
+                elif waiter in self._fifo:
+                    self._fifo.remove(waiter)
 
     # ------------------------------------------------------------------ the reader
 
@@ -399,7 +438,7 @@ class StreamTransport(Generic[F]):
             self._keyed.clear()
             self._fifo.clear()
             subs, self._subs = self._subs, []
-        for w in waiters:
-            w.set()  # frame None: the request sees the session lost
+            for w in waiters:
+                w.set()  # frame None: the request sees the session lost
         for sub in subs:
             sub._lose(reason)
