@@ -1,6 +1,6 @@
 """The Asterisk adapter against the AMI replay peer (tests/peers/ami.py).
 
-Captures: tests/peers/captures/asterisk-22.10.1/ (copies of ../shared/transcripts/asterisk-22.10.1/);
+Captures: tests/peers/captures/asterisk-22.10.1/ (copies of tests/peers/captures/asterisk-22.10.1/);
 each test names the capture its peer replays.
 """
 

@@ -1,6 +1,6 @@
 """The stream transport against a replay of real AMI sessions (tests/peers/ami.py).
 
-Captures: tests/peers/captures/asterisk-22.10.1/ (copies of ../shared/transcripts/asterisk-22.10.1/).
+Captures: tests/peers/captures/asterisk-22.10.1/ (copies of tests/peers/captures/asterisk-22.10.1/).
 Each test names the capture whose bytes it replays.
 """
 
@@ -191,7 +191,7 @@ def test_connect_refused_is_unreachable() -> None:
 
 
 def test_not_an_ami_port_is_unreachable() -> None:
-    """../shared/transcripts/freeswitch-1.10.12/esl_auth_transcript.txt: an ESL greeting is not AMI."""
+    """tests/peers/captures/freeswitch-1.10.12/esl_auth_transcript.txt: an ESL greeting is not AMI."""
     srv = socket.create_server(("127.0.0.1", 0))
 
     def greet() -> None:

@@ -1,6 +1,6 @@
 """A protocol-faithful Asterisk Manager Interface peer, built from real Asterisk 22.10.1 captures.
 
-Every byte it sends comes from ../shared/transcripts/asterisk-22.10.1/ (copied to captures/ beside
+Every byte it sends comes from tests/peers/captures/asterisk-22.10.1/ (copied to captures/ beside
 this file so the suite needs nothing outside the repo): the banner, login replies (a wrong secret is
 answered after the captured ~1 s and the socket closed; any action before Login gets `Permission
 denied`), Ping, CoreSettings, Events, Logoff, unknown actions, and each async Originate's reply and

@@ -1,7 +1,7 @@
 """Asterisk Manager Interface (AMI) on the wire: framing, routing and building actions.
 
 Pure protocol, no sockets (workers.transports.stream carries it). Shapes are those of the real
-captures in ../shared/transcripts/asterisk-22.10.1/ (and docs/asterisk.md):
+captures in tests/peers/captures/asterisk-22.10.1/ (and docs/asterisk.md):
 
 - on connect the server sends ONE banner line, `Asterisk Call Manager/11.0.0\\r\\n` (the AMI version);
 - after that every message is a block of `Key: Value\\r\\n` lines ended by an empty line;

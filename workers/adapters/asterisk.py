@@ -14,7 +14,7 @@ Actions sent (wire shapes: workers/adapters/ami.py; public behaviour, manager.co
 
 Events are matched by Uniqueid (= our ChannelId), never by position: the captures show
 OriginateResponse before or after the channel's Hangup, and before or after Newstate Up, from one
-run to the next (../shared/transcripts/README.md).
+run to the next (tests/peers/captures/README.md).
 """
 
 from __future__ import annotations
