@@ -65,7 +65,8 @@ class Target:
     """A parsed URL: where it leads, said without secrets, and how to build a client for it."""
 
     url: str  # as given, for redis-py's own parser (a file's content when given as @file)
-    shown: str  # what a message may say: masked URL, and what kind of Redis was tried
+    shown: str  # the URL as a message may show it (password masked)
+    kind: str  # what was tried: plain TCP, TLS, a unix socket, or a master through sentinels
     sentinels: tuple[tuple[str, int], ...] = ()
     service: str = ""
     db: int = 0
@@ -85,7 +86,7 @@ def parse(url: str) -> Target:
         raise InvalidInput(f"Redis URL {safe_url(url)} is not usable (unknown scheme {scheme or 'none'!r}): "
                            f"expected {FORMS}")  # fmt: skip
     kind = "TLS" if scheme == "rediss" else "unix socket" if scheme == "unix" else "plain TCP"
-    return Target(url, f"{safe_url(url)} ({kind})")
+    return Target(url, safe_url(url), kind)
 
 
 def _read_url_file(path_text: str) -> str:
@@ -124,8 +125,8 @@ def _parse_sentinel(url: str) -> Target:
                            f"(accepted: {', '.join(sorted(SENTINEL_QUERY))})")  # fmt: skip
     sentinel_kwargs = {k.removeprefix("sentinel_"): v for k, v in query.items() if v}
     where = ",".join(f"{h}:{p}" for h, p in sentinels)
-    shown = f"{safe_url(url)} (master {path[0]!r} from sentinels {where})"
-    return Target(url, shown, sentinels, path[0], db, username, password, sentinel_kwargs)
+    kind = f"master {path[0]!r} from sentinels {where}"
+    return Target(url, safe_url(url), kind, sentinels, path[0], db, username, password, sentinel_kwargs)
 
 
 def _host_port(item: str, url: str) -> tuple[str, int]:
@@ -195,7 +196,8 @@ def connect(url: str, why: str = "", **kwargs: Any) -> Any:
         probe.ping()
     except (RedisError, OSError) as exc:
         raise Unreachable(
-            f"Redis at {target.shown} is not reachable{f' ({why})' if why else ''}: {_reason(exc)}; "
+            f"Redis at {target.shown} is not reachable{f' ({why})' if why else ''}: tried {target.kind}: "
+            f"{_reason(exc)}; "
             "start Redis, fix IFBUS_REDIS_URL, or set IFBUS_MODE=inline",
             redis=safe_url(target.url),
         ) from None

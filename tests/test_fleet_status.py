@@ -1,0 +1,61 @@
+"""`ifbus status` (bus/status.py) on a private Redis: queues, oldest job, breakers, failed jobs, exit 4."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from redis import Redis
+
+from bus.health import RedisHealth
+from bus.models import TestRequest as ProbeRequest
+from bus.queues import enqueue
+from bus.registry import FileRegistry
+from bus.server import ServerEntry
+from bus.status import collect, render
+from tests.lab import free_port
+
+IFBUS = str(Path(sys.executable).parent / "ifbus")
+
+
+def test_status_reports_queue_depth_oldest_job_and_breakers(redis_url: str, ifbus_env: Path) -> None:
+    redis = Redis.from_url(redis_url)
+    entry = ServerEntry.build("kamailio", {"token": "tok-1234567"}, "127.0.0.1", 5071)
+    entries = {"kam1": entry, "kam2": entry}
+    enqueue(redis, "kamailio", ProbeRequest(server="kam1"))
+    RedisHealth(redis).failure("kam2", "probe: refused", 3, 60.0, force_open=True)
+    report = collect(redis, entries)
+    kam = next(q for q in report["queues"] if q["queue"] == "sip.kamailio")
+    assert kam["depth"] == 1 and 0 <= kam["oldest_job_age_s"] < 5 and kam["workers"] == []
+    assert {q["queue"] for q in report["queues"]} >= {"sip.asterisk", "sip.twilio", "sip.fusionpbx"}
+    servers = {s["name"]: s for s in report["servers"]}
+    assert servers["kam1"]["breaker"] == "closed" and servers["kam1"]["last_probe_at"] is None
+    assert servers["kam2"]["breaker"] == "open" and servers["kam2"]["last_probe_at"].endswith("Z")
+    assert report["failed_jobs"] == 0
+    text = render({"redis": redis_url, "registry": "file", **report})
+    assert "sip.kamailio" in text and "kam2" in text and "open" in text
+
+
+def test_cli_status_json_is_one_object_and_no_redis_is_exit_4(redis_url: str, ifbus_env: Path) -> None:
+    FileRegistry(ifbus_env).add("kam1", ServerEntry.build("kamailio", {"token": "tok-1234567"}, "127.0.0.1", 5071))
+    env = {**os.environ, "IFBUS_HOME": str(ifbus_env), "IFBUS_REDIS_URL": redis_url}
+    result = subprocess.run([IFBUS, "status", "--json"], env=env, capture_output=True, text=True, timeout=30)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["ok"] and [s["name"] for s in report["servers"]] == ["kam1"] and len(report["queues"]) == 7
+    down = f"redis://:pw-secret@127.0.0.1:{free_port(udp=False)}/0"
+    started = time.monotonic()
+    failed = subprocess.run([IFBUS, "status", "--json", "--timeout", "1"], env={**env, "IFBUS_REDIS_URL": down},
+                            capture_output=True, text=True, timeout=30)  # fmt: skip
+    assert failed.returncode == 4 and json.loads(failed.stdout)["outcome"] == "unreachable"
+    assert time.monotonic() - started < 5 and "pw-secret" not in failed.stdout + failed.stderr
+
+
+@pytest.mark.parametrize("args", [["status", "--timeout", "0"], ["status", "extra"]])
+def test_cli_status_bad_usage_is_exit_2(args: list[str]) -> None:
+    assert subprocess.run([IFBUS, *args], capture_output=True, text=True).returncode == 2
