@@ -207,7 +207,8 @@ def cli() -> None:
     help=f"Server type: {', '.join(TYPES)}; left out or `auto`: detected by probing --host.",
 )
 @click.option("--auth", "auth", multiple=True, metavar="KEY=VALUE…", shell_complete=_complete("auth_keys"),
-              help="Credentials, e.g. --auth token=x realm=y.")
+              help="Credentials, e.g. --auth token=x realm=y; a value may be @/path/file (read now) "
+                   "or env:NAME (read by each worker when used): docs/operations.md.")
 @click.option("--host", help="Management host (default: the domain/realm given, else 127.0.0.1).")
 @click.option("--port", type=click.IntRange(1, 65535), help="Management port (default: the vendor's).")
 @click.option("--pool", help="Failover pool name (default: the server type).")
