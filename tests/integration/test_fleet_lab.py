@@ -209,6 +209,7 @@ def test_honcho_runs_the_procfile_and_one_sigterm_stops_it(fleet_redis: Sentinel
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
     text = out.read_text(errors="replace")
+    print(f"honcho stopped {took:.2f} s after SIGTERM")
     assert took < 15, text[-2000:]
     assert "Traceback" not in text
     assert wait_for(lambda: all(workers_on(fleet_redis, q) == 0 for q in queues), 5), "workers still registered"
