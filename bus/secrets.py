@@ -58,8 +58,15 @@ def mask_userinfo(text: str) -> str:
     return _USERINFO.sub(lambda m: f"{m[1]}{m[2] or ''}{MASK}@", text)
 
 
+# Every pattern below needs an `@` or one of these words: text with neither (most of it) is returned as is,
+# which keeps masking off the per-job hot path (each JobResult passes through here).
+_TRIGGER = re.compile(rf"{_WORDS}|basic", re.I)
+
+
 def redact_text(text: str) -> str:
     """Free text with every credential form we know masked (URL userinfo, Bearer/Basic, key=value)."""
+    if "@" not in text and not _TRIGGER.search(text):
+        return text
     text = mask_userinfo(text)
     text = _SCHEME_AUTH.sub(rf"\1 {MASK}", text)
     return _INLINE.sub(rf"\1\2{MASK}", text)

@@ -131,18 +131,19 @@ def send(
     Without a deadline the request gets connect + read timeout in all. Raises Unreachable (nothing
     sent), Overloaded (429/503: the server did nothing) or OutcomeUnknown (sent, then no whole answer).
     """
-    target = f"{client.base_url.join(url)}"
     if deadline is None:
         deadline = time.monotonic() + (client.timeout.connect or 0) + (client.timeout.read or 0)
     token = _deadline.set(deadline)
     try:
         with client.stream(method, url, **kwargs) as response:
-            body = _read_capped(response, max_bytes, server, target)
+            body = _read_capped(response, max_bytes, server)
     except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout, httpx.UnsupportedProtocol) as exc:
-        raise Unreachable(f"{server}: cannot connect to {target}: {_reason(exc)}", server=server) from None
+        where = _target(client, url)
+        raise Unreachable(f"{server}: cannot connect to {where}: {_reason(exc)}", server=server) from None
     except httpx.TransportError as exc:
         raise OutcomeUnknown(
-            f"{server}: no answer from {target} after the request was sent ({_reason(exc)})", server=server
+            f"{server}: no answer from {_target(client, url)} after the request was sent ({_reason(exc)})",
+            server=server,
         ) from None
     finally:
         _deadline.reset(token)
@@ -161,13 +162,14 @@ def send(
 _WIRE_HEADERS = frozenset({b"content-encoding", b"transfer-encoding", b"content-length"})
 
 
-def _read_capped(response: httpx.Response, max_bytes: int, server: str, target: str) -> bytes:
+def _read_capped(response: httpx.Response, max_bytes: int, server: str) -> bytes:
     body = bytearray()
     for chunk in response.iter_bytes():
         body += chunk
         if len(body) > max_bytes:
             raise OutcomeUnknown(
-                f"{server}: the answer from {target} exceeds {max_bytes} bytes; it was cut off", server=server
+                f"{server}: the answer from {response.request.url} exceeds {max_bytes} bytes; it was cut off",
+                server=server,
             )
     return bytes(body)
 
@@ -185,6 +187,11 @@ def retry_after(response: httpx.Response) -> float | None:
     except (TypeError, ValueError):
         return None
     return max(0.0, when.timestamp() - time.time())
+
+
+def _target(client: httpx.Client, url: str) -> str:
+    """The URL a message names; built only when there is a message to write."""
+    return str(client.base_url.join(url))
 
 
 def _reason(exc: Exception) -> str:
