@@ -28,17 +28,15 @@ Every request is recorded (method, path, headers, body) in `requests`.
 
 from __future__ import annotations
 
-import base64
-import json
 import re
 import secrets
-import threading
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email.utils import format_datetime
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import urlsplit
+
+from tests.http_fake import Answer, HttpFake, Recorded, ScriptedStatus, basic_auth_ok
 
 API = "/2010-04-01"
 ACCOUNT_RE = re.compile(r"^/2010-04-01/Accounts/(?P<account>[^/]+)\.json$")
@@ -52,24 +50,7 @@ AUTH_TOKEN = "f00dfeedf00dfeedf00dfeedf00dfeed"
 
 
 @dataclass
-class Recorded:
-    method: str
-    path: str
-    headers: dict[str, str]
-    body: bytes
-    kind: str = ""
-    #: what the fake answered (None when it stalled)
-    response_status: int | None = None
-    response_headers: dict[str, str] = field(default_factory=dict)
-    response_body: bytes = b""
-
-    @property
-    def form(self) -> dict[str, list[str]]:
-        return parse_qs(self.body.decode("utf-8"), keep_blank_values=True)
-
-
-@dataclass
-class FakeCall:
+class FakeCall(ScriptedStatus):
     sid: str
     params: dict[str, str]
     statuses: list[str]
@@ -78,19 +59,16 @@ class FakeCall:
     override: str | None = None
     updates: list[str] = field(default_factory=list)
 
-    @property
-    def status(self) -> str:
-        if self.override is not None:
-            return self.override
-        return self.statuses[min(self.fetches, len(self.statuses) - 1)]
-
 
 def rfc2822(when: datetime) -> str:
     """Twilio's date format (OpenAPI `format: date-time-rfc-2822`), e.g. 'Tue, 31 Aug 2010 20:36:28 +0000'."""
     return format_datetime(when)
 
 
-class FakeTwilio:
+class FakeTwilio(HttpFake):
+    name = "fake-twilio"
+    server_version = "FakeTwilio/1.0"
+
     def __init__(
         self,
         account_sid: str = ACCOUNT_SID,
@@ -98,57 +76,16 @@ class FakeTwilio:
         statuses: list[str] | tuple[str, ...] = ("queued", "ringing", "in-progress"),
         friendly_name: str = "IF bus test account",
     ) -> None:
+        super().__init__()
         self.account_sid = account_sid
         self.auth_token = auth_token
         self.statuses = list(statuses)
         self.friendly_name = friendly_name
-        self.requests: list[Recorded] = []
         self.calls: dict[str, FakeCall] = {}
         #: after a `canceled` update, the status the call shows (simulates an answer racing the cancel)
         self.cancel_result: str | None = None
-        self._injections: dict[str, list[tuple[int, dict[str, Any], dict[str, str]]]] = {}
-        self._stalls: dict[str, int] = {}
-        self._lock = threading.Lock()
-        self._release = threading.Event()
-        self._server: ThreadingHTTPServer | None = None
-        self._thread: threading.Thread | None = None
 
-    # Lifecycle
-
-    def start(self) -> FakeTwilio:
-        fake = self
-
-        class Handler(_Handler):
-            owner = fake
-
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._server.daemon_threads = True
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, kwargs={"poll_interval": 0.02}, name="fake-twilio", daemon=True
-        )
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._release.set()
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
-
-    def __enter__(self) -> FakeTwilio:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-    @property
-    def base_url(self) -> str:
-        assert self._server is not None, "start() the fake first"
-        host, port = self._server.server_address[:2]
-        return f"http://{host}:{port}"
-
-    # Test hooks
+    # Test hooks (stall, of_kind and the lifecycle: tests/http_fake.py)
 
     def inject(
         self,
@@ -159,17 +96,7 @@ class FakeTwilio:
         headers: dict[str, str] | None = None,
     ) -> None:
         """The next request of `kind` (account, create, fetch, update) gets this Twilio error."""
-        body = _error(code, message, status)
-        with self._lock:
-            self._injections.setdefault(kind, []).append((status, body, dict(headers or {})))
-
-    def stall(self, kind: str, times: int = 1) -> None:
-        """The next `times` requests of `kind` are read in full and never answered."""
-        with self._lock:
-            self._stalls[kind] = self._stalls.get(kind, 0) + times
-
-    def of_kind(self, kind: str) -> list[Recorded]:
-        return [r for r in self.requests if r.kind == kind]
+        self.answer_next(kind, status, _error(code, message, status), headers)
 
     # Resources
 
@@ -229,37 +156,17 @@ class FakeTwilio:
 
     # Request handling (runs on the server's threads)
 
-    def _take(self, kind: str) -> tuple[str, tuple[int, dict[str, Any], dict[str, str]] | None]:
-        with self._lock:
-            if self._stalls.get(kind):
-                self._stalls[kind] -= 1
-                return "stall", None
-            queue = self._injections.get(kind)
-            if queue:
-                return "inject", queue.pop(0)
-        return "", None
+    def content_type(self, record: Recorded) -> str:
+        return "application/json; charset=utf-8"
 
-    def handle(self, method: str, path: str, headers: dict[str, str], body: bytes) -> tuple[Recorded, bytes]:
-        """Answer one request: (its record, with the response filled in, and the JSON body); _Stall: no answer."""
-        record = Recorded(method, path, headers, body)
-        with self._lock:
-            self.requests.append(record)
-        status, payload, extra = self._route(record)
-        record.response_status = status
-        record.response_headers = {"Content-Type": "application/json; charset=utf-8", **extra}
-        record.response_body = json.dumps(payload).encode("utf-8")
-        return record, record.response_body
-
-    def _route(self, record: Recorded) -> tuple[int, Any, dict[str, str]]:
+    def route(self, record: Recorded) -> Answer:
         method, headers, body = record.method, record.headers, record.body
         route = urlsplit(record.path).path
         kind, match = _classify(method, route)
         record.kind = kind
-        if not self._authorized(headers.get("authorization", "")):
+        if not basic_auth_ok(headers.get("authorization", ""), self.account_sid, self.auth_token):
             return 401, _error(20003, "Authenticate", 401), {}
-        action, injected = self._take(kind)
-        if action == "stall":
-            raise _Stall
+        injected = self.scripted(kind)
         if injected is not None:
             return injected
         if match is None or match.group("account") != self.account_sid:
@@ -278,7 +185,7 @@ class FakeTwilio:
             return 200, self.call_json(call), {}
         return self._update(call, form)
 
-    def _create(self, form: dict[str, str]) -> tuple[int, Any, dict[str, str]]:
+    def _create(self, form: dict[str, str]) -> Answer:
         if not form.get("To"):
             return 400, _error(21201, "No 'To' number is specified", 400), {}
         if not form.get("From"):
@@ -294,7 +201,7 @@ class FakeTwilio:
             self.calls[sid] = call
         return 201, self.call_json(call), {}
 
-    def _update(self, call: FakeCall, form: dict[str, str]) -> tuple[int, Any, dict[str, str]]:
+    def _update(self, call: FakeCall, form: dict[str, str]) -> Answer:
         target = form.get("Status")
         if target not in (None, "canceled", "completed"):
             return 400, _error(20001, f"Invalid Status {target}", 400), {}
@@ -307,20 +214,6 @@ class FakeTwilio:
             elif target == "completed" and current in LIVE:
                 call.override = "completed"
         return 200, self.call_json(call), {}
-
-    def _authorized(self, header: str) -> bool:
-        scheme, _, value = header.partition(" ")
-        if scheme.lower() != "basic":
-            return False
-        try:
-            user, _, password = base64.b64decode(value, validate=True).decode("utf-8").partition(":")
-        except (ValueError, UnicodeDecodeError):
-            return False
-        return secrets.compare_digest(user, self.account_sid) and secrets.compare_digest(password, self.auth_token)
-
-
-class _Stall(Exception):
-    """Raised by the router to leave a request unanswered."""
 
 
 def _classify(method: str, route: str) -> tuple[str, re.Match[str] | None]:
@@ -342,35 +235,3 @@ def _error(code: int, message: str, status: int) -> dict[str, Any]:
         "more_info": f"https://www.twilio.com/docs/errors/{code}",
         "status": status,
     }
-
-
-class _Handler(BaseHTTPRequestHandler):
-    owner: FakeTwilio
-    protocol_version = "HTTP/1.1"
-    wbufsize = 65536  # one write per response (handle_one_request flushes): no Nagle/delayed-ACK stalls
-    server_version = "FakeTwilio/1.0"
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
-
-    def _serve(self) -> None:
-        length = int(self.headers.get("Content-Length") or 0)
-        body = self.rfile.read(length) if length else b""
-        headers = {k.lower(): v for k, v in self.headers.items()}
-        try:
-            record, data = self.owner.handle(self.command, self.path, headers, body)
-        except _Stall:
-            self.owner._release.wait(10)
-            self.close_connection = True
-            return
-        assert record.response_status is not None
-        self.send_response(record.response_status)
-        for key, value in record.response_headers.items():
-            self.send_header(key, value)
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    do_GET = _serve
-    do_POST = _serve
-    do_DELETE = _serve

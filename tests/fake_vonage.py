@@ -27,20 +27,20 @@ create, fetch, hangup. Every request is recorded in `requests`.
 
 from __future__ import annotations
 
-import base64
 import json
 import re
 import secrets
-import threading
 import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import urlsplit
 
 import jwt
 from cryptography.hazmat.primitives.asymmetric import rsa
+
+from tests import http_fake
+from tests.http_fake import Answer, HttpFake, ScriptedStatus, basic_auth_ok
 
 API_KEY = "abcd1234"
 API_SECRET = "Sup3rS3cretVonage"
@@ -57,24 +57,12 @@ def new_key_pair() -> rsa.RSAPrivateKey:
 
 
 @dataclass
-class Recorded:
-    method: str
-    path: str
-    headers: dict[str, str]
-    body: bytes
-    kind: str = ""
+class Recorded(http_fake.Recorded):
     claims: dict[str, Any] | None = None  # the verified JWT claims, for Voice API requests
-    response_status: int | None = None
-    response_headers: dict[str, str] = field(default_factory=dict)
-    response_body: bytes = b""
-
-    @property
-    def json(self) -> Any:
-        return json.loads(self.body) if self.body else None
 
 
 @dataclass
-class FakeCall:
+class FakeCall(ScriptedStatus):
     uuid: str
     request: dict[str, Any]
     statuses: list[str]
@@ -83,14 +71,13 @@ class FakeCall:
     fetches: int = 0
     override: str | None = None
 
-    @property
-    def status(self) -> str:
-        if self.override is not None:
-            return self.override
-        return self.statuses[min(self.fetches, len(self.statuses) - 1)]
 
+class FakeVonage(HttpFake):
+    name = "fake-vonage"
+    methods = ("GET", "POST", "PUT", "DELETE")
+    server_version = "nginx"  # Vonage's REST responses carry `server: nginx` (vendors.md §6.5)
+    record_type = Recorded
 
-class FakeVonage:
     def __init__(
         self,
         public_key: rsa.RSAPublicKey,
@@ -100,70 +87,21 @@ class FakeVonage:
         statuses: list[str] | tuple[str, ...] = ("started", "ringing", "answered"),
         balance: float = 10.28,
     ) -> None:
+        super().__init__()
         self.public_key = public_key
         self.application_id = application_id
         self.api_key = api_key
         self.api_secret = api_secret
         self.statuses = list(statuses)
         self.balance = balance
-        self.requests: list[Recorded] = []
         self.calls: dict[str, FakeCall] = {}
         self.tokens: list[str] = []  # every bearer token received, verified or not
-        self._injections: dict[str, list[tuple[int, Any, dict[str, str]]]] = {}
-        self._stalls: dict[str, int] = {}
-        self._lock = threading.Lock()
-        self._release = threading.Event()
-        self._server: ThreadingHTTPServer | None = None
 
-    # Lifecycle
-
-    def start(self) -> FakeVonage:
-        fake = self
-
-        class Handler(_Handler):
-            owner = fake
-
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._server.daemon_threads = True
-        threading.Thread(
-            target=self._server.serve_forever, kwargs={"poll_interval": 0.02}, name="fake-vonage", daemon=True
-        ).start()
-        return self
-
-    def stop(self) -> None:
-        self._release.set()
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
-
-    def __enter__(self) -> FakeVonage:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-    @property
-    def base_url(self) -> str:
-        assert self._server is not None, "start() the fake first"
-        host, port = self._server.server_address[:2]
-        return f"http://{host}:{port}"
-
-    # Test hooks
+    # Test hooks (stall, of_kind and the lifecycle: tests/http_fake.py)
 
     def inject(self, kind: str, status: int, body: Any = None, headers: dict[str, str] | None = None) -> None:
         """The next request of `kind` gets this answer (body None: a problem JSON for the status)."""
-        if body is None:
-            body = problem(status)
-        with self._lock:
-            self._injections.setdefault(kind, []).append((status, body, dict(headers or {})))
-
-    def stall(self, kind: str, times: int = 1) -> None:
-        with self._lock:
-            self._stalls[kind] = self._stalls.get(kind, 0) + times
-
-    def of_kind(self, kind: str) -> list[Recorded]:
-        return [r for r in self.requests if r.kind == kind]
+        self.answer_next(kind, status, problem(status) if body is None else body, headers)
 
     def call_json(self, call: FakeCall) -> dict[str, Any]:
         request = call.request
@@ -186,34 +124,27 @@ class FakeVonage:
 
     # Request handling (on the server's threads)
 
-    def handle(self, method: str, path: str, headers: dict[str, str], body: bytes) -> Recorded:
-        record = Recorded(method, path, headers, body)
-        with self._lock:
-            self.requests.append(record)
-        status, payload, extra = self._route(record)
-        record.response_status = status
-        if status == 204:
-            record.response_headers = dict(extra)
-            return record
-        ctype = "application/json" if status < 400 or record.kind == "balance" else "application/problem+json"
-        record.response_headers = {"Content-Type": ctype, **extra}
-        record.response_body = json.dumps(payload).encode("utf-8")
-        return record
+    def content_type(self, record: http_fake.Recorded) -> str:
+        assert record.response_status is not None
+        ok = record.response_status < 400 or record.kind == "balance"
+        return "application/json" if ok else "application/problem+json"
 
-    def _route(self, record: Recorded) -> tuple[int, Any, dict[str, str]]:
+    def per_response_headers(self) -> dict[str, str]:
+        return {"X-Nexmo-Trace-Id": secrets.token_hex(16)}
+
+    def route(self, record: http_fake.Recorded) -> Answer:
+        assert isinstance(record, Recorded)
         route = urlsplit(record.path).path
         kind, match = _classify(record.method, route)
         record.kind = kind
         if kind == "balance":
-            if not self._basic_ok(record.headers.get("authorization", "")):
+            if not basic_auth_ok(record.headers.get("authorization", ""), self.api_key, self.api_secret):
                 return 401, {"error-code": "401", "error-code-label": "authentication failed"}, {}
         elif kind != "other":
             record.claims = self._verify(record.headers.get("authorization", ""))
             if record.claims is None:
                 return 401, problem(401), {}
-        action, injected = self._take(kind)
-        if action == "stall":
-            raise _Stall
+        injected = self.scripted(kind)
         if injected is not None:
             return injected
         if kind == "balance":
@@ -232,7 +163,7 @@ class FakeVonage:
             return 200, answer, {}
         return self._hangup(call, record)
 
-    def _create(self, record: Recorded) -> tuple[int, Any, dict[str, str]]:
+    def _create(self, record: Recorded) -> Answer:
         try:
             request = json.loads(record.body)
         except ValueError:
@@ -261,7 +192,7 @@ class FakeVonage:
         }
         return 201, created, {}
 
-    def _hangup(self, call: FakeCall, record: Recorded) -> tuple[int, Any, dict[str, str]]:
+    def _hangup(self, call: FakeCall, record: Recorded) -> Answer:
         try:
             action = json.loads(record.body).get("action")
         except (ValueError, AttributeError):
@@ -275,16 +206,6 @@ class FakeVonage:
             call.override = "completed" if current in ("answered", "machine") else "cancelled"
         return 204, None, {}
 
-    def _take(self, kind: str) -> tuple[str, tuple[int, Any, dict[str, str]] | None]:
-        with self._lock:
-            if self._stalls.get(kind):
-                self._stalls[kind] -= 1
-                return "stall", None
-            queue = self._injections.get(kind)
-            if queue:
-                return "inject", queue.pop(0)
-        return "", None
-
     def _verify(self, header: str) -> dict[str, Any] | None:
         scheme, _, token = header.partition(" ")
         if scheme != "Bearer" or not token:
@@ -297,16 +218,6 @@ class FakeVonage:
         except jwt.PyJWTError:
             return None
         return claims if claims.get("application_id") == self.application_id else None
-
-    def _basic_ok(self, header: str) -> bool:
-        scheme, _, value = header.partition(" ")
-        if scheme.lower() != "basic":
-            return False
-        try:
-            user, _, password = base64.b64decode(value, validate=True).decode("utf-8").partition(":")
-        except (ValueError, UnicodeDecodeError):
-            return False
-        return secrets.compare_digest(user, self.api_key) and secrets.compare_digest(password, self.api_secret)
 
 
 def problem(status: int, detail: str | None = None) -> dict[str, Any]:
@@ -324,10 +235,6 @@ def problem(status: int, detail: str | None = None) -> dict[str, Any]:
     return {"type": f"{ERRORS}#{code}", "title": title, "detail": detail or text, "instance": str(uuid.uuid4())}
 
 
-class _Stall(Exception):
-    """Raised by the router to leave a request unanswered."""
-
-
 def _classify(method: str, route: str) -> tuple[str, re.Match[str] | None]:
     if route == "/account/get-balance" and method == "GET":
         return "balance", None
@@ -337,39 +244,3 @@ def _classify(method: str, route: str) -> tuple[str, re.Match[str] | None]:
     if match and method in ("GET", "PUT"):
         return ("fetch" if method == "GET" else "hangup"), match
     return "other", None
-
-
-class _Handler(BaseHTTPRequestHandler):
-    owner: FakeVonage
-    protocol_version = "HTTP/1.1"
-    wbufsize = 65536
-    server_version = "nginx"  # Vonage's REST responses carry `server: nginx` (vendors.md §6.5)
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
-
-    def _serve(self) -> None:
-        length = int(self.headers.get("Content-Length") or 0)
-        body = self.rfile.read(length) if length else b""
-        headers = {k.lower(): v for k, v in self.headers.items()}
-        try:
-            record = self.owner.handle(self.command, self.path, headers, body)
-        except _Stall:
-            self.owner._release.wait(10)
-            self.close_connection = True
-            return
-        assert record.response_status is not None
-        self.send_response(record.response_status)
-        for key, value in record.response_headers.items():
-            self.send_header(key, value)
-        self.send_header("X-Nexmo-Trace-Id", secrets.token_hex(16))
-        if record.response_status != 204:
-            self.send_header("Content-Length", str(len(record.response_body)))
-        self.end_headers()
-        if record.response_body:
-            self.wfile.write(record.response_body)
-
-    do_GET = _serve
-    do_POST = _serve
-    do_PUT = _serve
-    do_DELETE = _serve

@@ -30,7 +30,8 @@ from openapi_core.validation.request.exceptions import (
 from werkzeug.datastructures import Headers, ImmutableMultiDict
 
 from bus.server import ServerEntry
-from tests.fake_twilio import ACCOUNT_SID, AUTH_TOKEN, FakeTwilio, Recorded
+from tests.fake_twilio import ACCOUNT_SID, AUTH_TOKEN, FakeTwilio
+from tests.http_fake import Recorded
 from workers.adapters.twilio import TwilioAdapter
 from workers.testing import call_once
 

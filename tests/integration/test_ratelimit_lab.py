@@ -24,6 +24,7 @@ from bus.models import CallRequest
 from bus.registry import open_registry
 from bus.server import ServerEntry
 from tests.fake_twilio import ACCOUNT_SID, AUTH_TOKEN, FakeTwilio
+from tests.http_fake import Recorded
 
 pytestmark = pytest.mark.integration
 
@@ -39,16 +40,17 @@ class StampedTwilio(FakeTwilio):
         self.settled: dict[str, float] = {}
         self.created: dict[str, float] = {}
 
-    def handle(self, method: str, path: str, headers: dict[str, str], body: bytes):
+    def handle(self, method: str, path: str, headers: dict[str, str], body: bytes) -> Recorded:
         seen = time.monotonic()  # the request is read; its answer has not been sent yet
-        record, data = super().handle(method, path, headers, body)
+        record = super().handle(method, path, headers, body)
+        data = record.response_body
         with self._lock:
             if record.kind == "create" and record.response_status == 201:
                 self.creates.append(seen)
                 self.created[_sid(data)] = seen
             elif record.kind == "fetch" and b'"status": "in-progress"' in data:
                 self.settled.setdefault(_sid(data), seen)  # the answer that ends the call's setup
-        return record, data
+        return record
 
 
 def _sid(data: bytes) -> str:
