@@ -16,20 +16,19 @@ import time
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
-from urllib.parse import parse_qsl, urlencode, urlsplit
+from urllib.parse import parse_qsl, urlencode
 
 import pytest
 from openapi_core import OpenAPI
-from openapi_core.datatypes import RequestParameters
 from openapi_core.validation.request.exceptions import (
     InvalidParameter,
     InvalidRequestBody,
     RequestBodyValidationError,
     SecurityValidationError,
 )
-from werkzeug.datastructures import Headers, ImmutableMultiDict
 
 from bus.server import ServerEntry
+from tests import contract
 from tests.fake_twilio import ACCOUNT_SID, AUTH_TOKEN, FakeTwilio
 from tests.http_fake import Recorded
 from workers.adapters.twilio import TwilioAdapter
@@ -59,36 +58,8 @@ def spec() -> OpenAPI:
     pytest.fail(f"Twilio OpenAPI description not found: none of {', '.join(SPEC_FILES)} in {folder} (IFBUS_SPECS_DIR)")
 
 
-class SpecRequest:
-    """openapi-core's Request protocol for a request the fake recorded, at Twilio's real origin."""
-
-    def __init__(self, record: Recorded) -> None:
-        parts = urlsplit(record.path)
-        self.host_url = TWILIO_ORIGIN
-        self.path = parts.path
-        self.method = record.method.lower()
-        self.body = record.body or None
-        self.content_type = record.headers.get("content-type", "")
-        self.parameters = RequestParameters(
-            query=ImmutableMultiDict(parse_qsl(parts.query)),
-            header=Headers(list(record.headers.items())),
-            cookie=ImmutableMultiDict(),
-        )
-
-
-class SpecResponse:
-    def __init__(self, record: Recorded) -> None:
-        assert record.response_status is not None
-        self.status_code = record.response_status
-        self.headers = Headers(list(record.response_headers.items()))
-        self.content_type = record.response_headers.get("Content-Type", "")
-        self.data = record.response_body
-
-
 def check(spec: OpenAPI, record: Recorded, response: bool = True) -> None:
-    spec.validate_request(SpecRequest(record))
-    if response:
-        spec.validate_response(SpecRequest(record), SpecResponse(record))
+    contract.check(spec, record, TWILIO_ORIGIN, response)
 
 
 @pytest.fixture
