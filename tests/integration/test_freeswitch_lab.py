@@ -20,7 +20,6 @@ import json
 import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -30,85 +29,39 @@ from pathlib import Path
 
 import pytest
 
-from tests.lab import _spawn, _terminate, wait_for
+from tests.lab import wait_for
+from tests.netns_lab import (
+    LABS,
+    Netns,
+    Party,
+    private_redis,
+    run_ifbus,
+    start_lab,
+    start_party,
+    stop_lab,
+    why_not,
+    worker,
+)
 
-NETNS = os.environ.get("IFBUS_LAB_NETNS", "labfs")
+NS = Netns(os.environ.get("IFBUS_LAB_NETNS", "labfs"))
 BINARY = Path(os.environ.get("IFBUS_FREESWITCH_BIN", "/opt/lab/freeswitch/bin/freeswitch"))
-PIDFILE = Path("/opt/lab/fsrun/run/freeswitch.pid")
-LABS = Path(os.environ.get("IFBUS_LAB_SCRIPTS", Path(__file__).resolve().parents[3] / "shared" / "labs"))
+PIDFILES = [Path("/opt/lab/fsrun/run/freeswitch.pid")]
 RUN_SH = LABS / "freeswitch" / "run.sh"
 SCENARIOS = LABS / "freeswitch"
-IFBUS = str(Path(sys.executable).parent / "ifbus")
 UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 
 
-def _why_not() -> str | None:
-    if not BINARY.exists():
-        return f"no lab FreeSWITCH at {BINARY} (build it: ../shared/labs/freeswitch/build.sh)"
-    if os.geteuid() != 0:
-        return "needs root: the lab runs in a network namespace (`ip netns exec` needs CAP_SYS_ADMIN)"
-    if shutil.which("sipp") is None:
-        return "sipp not installed (apt-get install sip-tester)"
-    if not RUN_SH.exists():
-        return f"lab scripts not found at {RUN_SH} (set IFBUS_LAB_SCRIPTS)"
-    return None
-
-
-pytestmark = [pytest.mark.integration, pytest.mark.skipif(_why_not() is not None, reason=_why_not() or "")]
-
-
-def in_ns(*argv: str) -> list[str]:
-    return ["ip", "netns", "exec", NETNS, *argv]
+WHY_NOT = why_not("FreeSWITCH", BINARY, RUN_SH)
+pytestmark = [pytest.mark.integration, pytest.mark.skipif(WHY_NOT is not None, reason=WHY_NOT or "")]
 
 
 def _esl_answers() -> bool:
     probe = "import socket; socket.create_connection(('127.0.0.1', 8021), timeout=1).close()"
-    return subprocess.run(in_ns(sys.executable, "-c", probe), capture_output=True, timeout=10).returncode == 0
-
-
-def _free_port(kind: str = "SOCK_DGRAM") -> int:
-    """A port free inside the namespace (the host's free ports say nothing about it)."""
-    probe = f"import socket; s = socket.socket(socket.AF_INET, socket.{kind}); s.bind(('127.0.0.1', 0)); "
-    probe += "print(s.getsockname()[1])"
-    return int(subprocess.run(in_ns(sys.executable, "-c", probe), capture_output=True, text=True, check=True).stdout)
-
-
-def _udp_bound(port: int) -> bool:
-    out = subprocess.run(in_ns("ss", "-Hlun", f"sport = :{port}"), capture_output=True, text=True).stdout
-    return bool(out.strip())
-
-
-@dataclass
-class Party:
-    """A SIPp UAS inside the namespace; `count("INVITE")` reads its message log."""
-
-    port: int
-    log: Path
-    proc: subprocess.Popen[bytes]
-
-    def count(self, method: str) -> int:
-        if not self.log.exists():
-            return 0
-        return sum(1 for line in self.log.read_text(errors="replace").splitlines() if line.startswith(method + " "))
-
-    def wait_count(self, method: str, at_least: int, timeout: float = 10.0) -> int:
-        return wait_for(lambda: (n := self.count(method)) >= at_least and n, timeout) or self.count(method)
-
-    @property
-    def dial(self) -> str:
-        return f"sofia/internal/sipp@127.0.0.1:{self.port}"
+    return subprocess.run(NS.argv(sys.executable, "-c", probe), capture_output=True, timeout=10).returncode == 0
 
 
 def _party(work: Path, name: str, scenario: list[str]) -> Party:
-    for _ in range(5):  # the port is free when chosen; another process could take it first: choose again
-        port = _free_port()
-        log = work / f"sipp-{name}.msg.log"
-        argv = in_ns("sipp", "-i", "127.0.0.1", "-p", str(port), "-nostdin", "-trace_msg", "-message_file", str(log))
-        proc = _spawn([*argv, *scenario], work / f"sipp-{name}.out", work)
-        if wait_for(lambda p=port, pr=proc: _udp_bound(p) or pr.poll() is not None, 10.0) and proc.poll() is None:
-            return Party(port, log, proc)
-        _terminate(proc)
-    raise RuntimeError(f"sipp {name} did not start: {(work / f'sipp-{name}.out').read_text(errors='replace')}")
+    return start_party(NS, work, name, scenario, lambda port: f"sofia/internal/sipp@127.0.0.1:{port}", 10.0)
 
 
 @dataclass
@@ -119,29 +72,14 @@ class Lab:
     ring: Party
 
     def ifbus(self, *args: str, timeout: float = 60, **env: str) -> tuple[int, dict[str, object], str]:
-        environ = {**os.environ, "IFBUS_HOME": str(self.home), "IFBUS_MODE": "inline", **env}
-        done = subprocess.run(
-            in_ns(IFBUS, *args, "--json"), capture_output=True, text=True, env=environ, timeout=timeout
-        )
-        out = done.stdout.strip()
-        return done.returncode, (json.loads(out.splitlines()[-1]) if out else {}), done.stderr
-
-
-def _stop_server() -> None:
-    pid = int(PIDFILE.read_text())
-    os.kill(pid, signal.SIGTERM)
-    wait_for(lambda: not Path(f"/proc/{pid}").exists(), 20.0)
+        return run_ifbus(NS, self.home, *args, timeout=timeout, **env)
 
 
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
     work = tmp_path_factory.mktemp("fslab")
-    started = False
-    if not _esl_answers():
-        done = subprocess.run(["bash", str(RUN_SH)], capture_output=True, text=True, timeout=60)
-        if done.returncode != 0 or not _esl_answers():
-            pytest.skip(f"the lab FreeSWITCH did not start: {done.stdout[-500:]} {done.stderr[-500:]}")
-        started = True
+    env = {"NS": NS.name}
+    started = {} if _esl_answers() else start_lab("FreeSWITCH", RUN_SH, _esl_answers, PIDFILES, env, timeout=60)
     parties: list[Party] = []
     try:
         answer = _party(work, "answer", ["-sn", "uas"])
@@ -163,9 +101,8 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
         yield lab
     finally:
         for party in parties:
-            _terminate(party.proc)
-        if started:
-            _stop_server()
+            party.stop()
+        stop_lab(started, PIDFILES, grace=20.0)
 
 
 def test_test_prints_the_version_and_the_options_answer(lab: Lab) -> None:
@@ -229,22 +166,9 @@ def test_no_answer_is_exit_5_sip_480(lab: Lab) -> None:
 @pytest.mark.skipif(shutil.which("redis-server") is None, reason="redis-server not installed")
 def test_queue_mode_through_a_worker(lab: Lab) -> None:
     """A private redis-server and `ifbus worker freeswitch` inside the namespace: one call and its hang-up."""
-    port = _free_port("SOCK_STREAM")
-    redis_log = lab.home.parent / "redis.log"
-    redis = _spawn(in_ns("redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly",
-                         "no", "--dir", str(lab.home.parent)), redis_log, lab.home.parent)  # fmt: skip
-    worker: subprocess.Popen[bytes] | None = None
-    try:
-        ping = in_ns("redis-cli", "-p", str(port), "ping")
-        assert wait_for(lambda: subprocess.run(ping, capture_output=True, text=True).stdout.strip() == "PONG", 10.0)
-        env = {"IFBUS_MODE": "queue", "IFBUS_REDIS_URL": f"redis://127.0.0.1:{port}/0"}
-        worker_env = {**os.environ, "IFBUS_HOME": str(lab.home), **env}
-        worker_log = lab.home.parent / "worker.log"
-        with open(worker_log, "wb") as log:
-            worker = subprocess.Popen(
-                in_ns(IFBUS, "worker", "freeswitch"), stdin=subprocess.DEVNULL, stdout=log,
-                stderr=subprocess.STDOUT, env=worker_env, start_new_session=True,
-            )  # fmt: skip
+    work = lab.home.parent
+    worker_log = work / "worker.log"
+    with private_redis(NS, work) as env, worker(NS, lab.home, "freeswitch", env, worker_log):
         assert wait_for(lambda: "Listening on sip.freeswitch" in worker_log.read_text(errors="replace"), 20.0)
         party = lab.answer
         byes = party.count("BYE")
@@ -254,7 +178,3 @@ def test_queue_mode_through_a_worker(lab: Lab) -> None:
         code, result, err = lab.ifbus("hangup", "sip", "labfs", f"call_id={result['call_id']}", **env)
         assert code == 0, err
         assert party.wait_count("BYE", byes + 1) == byes + 1
-    finally:
-        if worker is not None:
-            _terminate(worker, grace=10.0)
-        _terminate(redis)

@@ -1,0 +1,186 @@
+"""Drive a real lab server (../shared/labs/<vendor>/run.sh) inside its network namespace, for the lab tests.
+
+Why one home: the Asterisk and FreeSWITCH lab tests do the same plumbing around different servers — check
+they can run (binary built, root, sipp, lab scripts), run `ifbus` inside the namespace with a private
+IFBUS_HOME, start the lab when it is down and stop exactly the processes its run.sh started (by the PIDs
+it wrote, and only while those PIDs still run the same command line), start SIPp parties on ports chosen
+free inside the namespace (the host's free ports say nothing about it) and count what their message logs
+received, and run a private redis-server and an `ifbus worker` there for queue mode.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from tests.lab import _spawn, _terminate, wait_for
+
+LABS = Path(os.environ.get("IFBUS_LAB_SCRIPTS", Path(__file__).resolve().parents[2] / "shared" / "labs"))
+IFBUS = str(Path(sys.executable).parent / "ifbus")
+
+
+def why_not(server: str, binary: Path, run_sh: Path) -> str | None:
+    """Why a lab test cannot run here (the reason pytest shows when it skips), or None."""
+    if not binary.exists():
+        return f"no lab {server} at {binary} (build it: ../shared/labs/{run_sh.parent.name}/build.sh)"
+    if os.geteuid() != 0:
+        return "needs root: the lab runs in a network namespace (`ip netns exec` needs CAP_SYS_ADMIN)"
+    if shutil.which("sipp") is None:
+        return "sipp not installed (apt-get install sip-tester)"
+    if not run_sh.exists():
+        return f"lab scripts not found at {run_sh} (set IFBUS_LAB_SCRIPTS)"
+    return None
+
+
+@dataclass(frozen=True)
+class Netns:
+    """A network namespace by name, and the commands that run inside it."""
+
+    name: str
+
+    def argv(self, *argv: str) -> list[str]:
+        return ["ip", "netns", "exec", self.name, *argv]
+
+    def free_port(self, kind: str = "SOCK_DGRAM") -> int:
+        """A port free inside the namespace."""
+        probe = f"import socket; s = socket.socket(socket.AF_INET, socket.{kind}); s.bind(('127.0.0.1', 0)); "
+        probe += "print(s.getsockname()[1])"
+        done = subprocess.run(self.argv(sys.executable, "-c", probe), capture_output=True, text=True, check=True)
+        return int(done.stdout)
+
+    def udp_bound(self, port: int) -> bool:
+        out = subprocess.run(self.argv("ss", "-Hlun", f"sport = :{port}"), capture_output=True, text=True).stdout
+        return bool(out.strip())
+
+
+def run_ifbus(
+    ns: Netns, home: Path, *args: str, timeout: float = 60, **env: str
+) -> tuple[int, dict[str, object], str]:
+    """`ifbus <args> --json` inside the namespace, inline mode unless `env` says otherwise:
+    (exit code, the last JSON line of stdout or {}, stderr)."""
+    environ = {**os.environ, "IFBUS_HOME": str(home), "IFBUS_MODE": "inline", **env}
+    done = subprocess.run(ns.argv(IFBUS, *args, "--json"), capture_output=True, text=True, env=environ, timeout=timeout)
+    out = done.stdout.strip()
+    return done.returncode, (json.loads(out.splitlines()[-1]) if out else {}), done.stderr
+
+
+# The lab server: start it when it does not answer, stop only what run.sh started
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def start_lab(
+    server: str, run_sh: Path, answers: Callable[[], bool], pidfiles: list[Path], env: Mapping[str, str],
+    timeout: float,
+) -> dict[int, str]:
+    """run.sh, then the PIDs it wrote (pid → the command line it had), so only those are stopped.
+    Skips the module (with run.sh's output) when the server still does not answer."""
+    done = subprocess.run(["bash", str(run_sh)], capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, **env})  # fmt: skip
+    if done.returncode != 0 or not answers():
+        pytest.skip(f"the lab {server} did not start: {done.stdout[-500:]} {done.stderr[-500:]}")
+    started: dict[int, str] = {}
+    for pidfile in pidfiles:
+        if pidfile.exists():
+            pid = int(pidfile.read_text())
+            started[pid] = _cmdline(pid)
+    return started
+
+
+def stop_lab(started: dict[int, str], pidfiles: list[Path], grace: float = 10.0) -> None:
+    """SIGTERM each process start_lab() started (only if its PID still runs the same command), wait up to
+    `grace` s for each, then SIGKILL; remove the pid files that named them."""
+    for pid, cmdline in started.items():
+        if cmdline and _cmdline(pid) == cmdline:
+            os.kill(pid, signal.SIGTERM)
+    for pid, cmdline in started.items():
+        gone = wait_for(lambda p=pid: not Path(f"/proc/{p}").exists() or None, grace)
+        if not gone and cmdline and _cmdline(pid) == cmdline:
+            os.kill(pid, signal.SIGKILL)
+    for pidfile in pidfiles:
+        if pidfile.exists() and int(pidfile.read_text() or 0) in started:
+            pidfile.unlink()
+
+
+# SIPp parties
+
+
+@dataclass
+class Party:
+    """A SIPp UAS inside the namespace; `count("BYE")` reads its message log."""
+
+    port: int
+    log: Path
+    proc: subprocess.Popen[bytes]
+    dial: str  # what `from=` names to ring it
+    wait_timeout: float = 15.0
+
+    def stop(self) -> None:
+        _terminate(self.proc)
+
+    def count(self, method: str) -> int:
+        if not self.log.exists():
+            return 0
+        return sum(1 for line in self.log.read_text(errors="replace").splitlines() if line.startswith(method + " "))
+
+    def wait_count(self, method: str, at_least: int) -> int:
+        return wait_for(lambda: (n := self.count(method)) >= at_least and n, self.wait_timeout) or self.count(method)
+
+
+def start_party(
+    ns: Netns, work: Path, name: str, scenario: list[str], dial: Callable[[int], str], wait_timeout: float = 15.0
+) -> Party:
+    """A SIPp UAS on a SIP port and a media port chosen free in the namespace; `dial(port)` is its address."""
+    for _ in range(5):  # the ports are free when chosen; another process could take them first: choose again
+        port, media = ns.free_port(), ns.free_port()
+        log = work / f"sipp-{name}.msg.log"
+        argv = ns.argv("sipp", "-i", "127.0.0.1", "-p", str(port), "-mi", "127.0.0.1", "-mp", str(media), "-nostdin",
+                       "-trace_msg", "-message_file", str(log))  # fmt: skip
+        proc = _spawn([*argv, *scenario], work / f"sipp-{name}.out", work)
+        if wait_for(lambda p=port, pr=proc: ns.udp_bound(p) or pr.poll() is not None, 10.0) and proc.poll() is None:
+            return Party(port, log, proc, dial(port), wait_timeout)
+        _terminate(proc)
+    raise RuntimeError(f"sipp {name} did not start: {(work / f'sipp-{name}.out').read_text(errors='replace')}")
+
+
+# Queue mode
+
+
+@contextmanager
+def private_redis(ns: Netns, work: Path) -> Iterator[dict[str, str]]:
+    """A redis-server of our own inside the namespace, answering PONG; yields the env for queue mode."""
+    port = ns.free_port("SOCK_STREAM")
+    redis = _spawn(ns.argv("redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly",
+                           "no", "--dir", str(work)), work / "redis.log", work)  # fmt: skip
+    try:
+        ping = ns.argv("redis-cli", "-p", str(port), "ping")
+        assert wait_for(lambda: subprocess.run(ping, capture_output=True, text=True).stdout.strip() == "PONG", 10.0)
+        yield {"IFBUS_MODE": "queue", "IFBUS_REDIS_URL": f"redis://127.0.0.1:{port}/0"}
+    finally:
+        _terminate(redis)
+
+
+@contextmanager
+def worker(ns: Netns, home: Path, vendor: str, env: Mapping[str, str], log: Path) -> Iterator[None]:
+    """`ifbus worker <vendor>` inside the namespace, output to `log`; the caller waits on its log lines."""
+    assigns = (f"{k}={v}" for k, v in {"IFBUS_HOME": str(home), **env}.items())
+    proc = _spawn(ns.argv("env", *assigns, IFBUS, "worker", vendor), log, log.parent)
+    try:
+        yield
+    finally:
+        _terminate(proc, grace=10.0)
