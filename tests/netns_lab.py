@@ -74,6 +74,18 @@ def run_ifbus(
     return done.returncode, (json.loads(out.splitlines()[-1]) if out else {}), done.stderr
 
 
+@dataclass
+class LabCli:
+    """What a lab test module's `lab` fixture hands its tests: `ifbus` in the namespace with its own home
+    (the module's dataclass adds its SIPp parties as fields)."""
+
+    ns: Netns
+    home: Path
+
+    def ifbus(self, *args: str, timeout: float = 60, **env: str) -> tuple[int, dict[str, object], str]:
+        return run_ifbus(self.ns, self.home, *args, timeout=timeout, **env)
+
+
 # The lab server: start it when it does not answer, stop only what run.sh started
 
 
@@ -88,8 +100,11 @@ def start_lab(
     server: str, run_sh: Path, answers: Callable[[], bool], pidfiles: list[Path], env: Mapping[str, str],
     timeout: float,
 ) -> dict[int, str]:
-    """run.sh, then the PIDs it wrote (pid → the command line it had), so only those are stopped.
-    Skips the module (with run.sh's output) when the server still does not answer."""
+    """Nothing ({}) when the server answers already (a lab that was up is left running); else run.sh, then
+    the PIDs it wrote (pid → the command line it had), so only those are stopped. Skips the module (with
+    run.sh's output) when the server still does not answer."""
+    if answers():
+        return {}
     done = subprocess.run(["bash", str(run_sh)], capture_output=True, text=True, timeout=timeout,
                           env={**os.environ, **env})  # fmt: skip
     if done.returncode != 0 or not answers():
@@ -115,6 +130,23 @@ def stop_lab(started: dict[int, str], pidfiles: list[Path], grace: float = 10.0)
     for pidfile in pidfiles:
         if pidfile.exists() and int(pidfile.read_text() or 0) in started:
             pidfile.unlink()
+
+
+@contextmanager
+def running_lab(
+    server: str, run_sh: Path, answers: Callable[[], bool], pidfiles: list[Path], env: Mapping[str, str], *,
+    timeout: float, grace: float = 10.0,
+) -> Iterator[list[Party]]:
+    """The lab for one test module: started if it is down (start_lab); yields the list the module puts its
+    parties in; at the end those parties are stopped, then what start_lab started (stop_lab)."""
+    started = start_lab(server, run_sh, answers, pidfiles, env, timeout)
+    parties: list[Party] = []
+    try:
+        yield parties
+    finally:
+        for party in parties:
+            party.stop()
+        stop_lab(started, pidfiles, grace)
 
 
 # SIPp parties

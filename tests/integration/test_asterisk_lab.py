@@ -31,31 +31,20 @@ from pathlib import Path
 
 import pytest
 
+from tests import netns_lab
 from tests.lab import wait_for
-from tests.netns_lab import (
-    LABS,
-    Netns,
-    Party,
-    private_redis,
-    run_ifbus,
-    start_lab,
-    start_party,
-    stop_lab,
-    why_not,
-    worker,
-)
 
-NS = Netns(os.environ.get("IFBUS_ASTERISK_NETNS", "labast"))
+NS = netns_lab.Netns(os.environ.get("IFBUS_ASTERISK_NETNS", "labast"))
 ROOT = Path(os.environ.get("LAB_ROOT", "/opt/lab"))
 BINARY = ROOT / "asterisk-root" / "sbin" / "asterisk"
 PIDFILES = [ROOT / "run" / "asterisk" / f"{name}.pid" for name in ("asterisk", "sipp-200", "sipp-486", "sipp-ring",
                                                                    "sipp-bye")]  # fmt: skip
-RUN_SH = LABS / "asterisk" / "run.sh"
-SCENARIOS = LABS / "asterisk"
+RUN_SH = netns_lab.LABS / "asterisk" / "run.sh"
+SCENARIOS = netns_lab.LABS / "asterisk"
 CALL_ID = re.compile(r"ifbus-[0-9a-f]{32}")
 
 
-WHY_NOT = why_not("Asterisk", BINARY, RUN_SH)
+WHY_NOT = netns_lab.why_not("Asterisk", BINARY, RUN_SH)
 pytestmark = [pytest.mark.integration, pytest.mark.skipif(WHY_NOT is not None, reason=WHY_NOT or "")]
 
 
@@ -69,33 +58,28 @@ def _ami_answers() -> bool:
     return done.returncode == 0
 
 
-def _party(work: Path, endpoint: str, scenario: list[str]) -> Party:
+def _party(work: Path, endpoint: str, scenario: list[str]) -> netns_lab.Party:
     """Dialled as `PJSIP/<endpoint>/sip:<endpoint>@127.0.0.1:<port>`: the lab endpoint's settings, our contact."""
-    return start_party(NS, work, endpoint, scenario, lambda port: f"PJSIP/{endpoint}/sip:{endpoint}@127.0.0.1:{port}")
+    dial = f"PJSIP/{endpoint}/sip:{endpoint}@127.0.0.1:{{}}"
+    return netns_lab.start_party(NS, work, endpoint, scenario, dial.format)
 
 
 @dataclass
-class Lab:
-    home: Path
-    answer: Party
-    busy: Party
-
-    def ifbus(self, *args: str, timeout: float = 60, **env: str) -> tuple[int, dict[str, object], str]:
-        return run_ifbus(NS, self.home, *args, timeout=timeout, **env)
+class Lab(netns_lab.LabCli):
+    answer: netns_lab.Party
+    busy: netns_lab.Party
 
 
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
     work = tmp_path_factory.mktemp("astlab")
     env = {"LAB_NETNS": NS.name, "LAB_ROOT": str(ROOT)}
-    started = {} if _ami_answers() else start_lab("Asterisk", RUN_SH, _ami_answers, PIDFILES, env, timeout=90)
-    parties: list[Party] = []
-    try:
+    with netns_lab.running_lab("Asterisk", RUN_SH, _ami_answers, PIDFILES, env, timeout=90) as parties:
         answer = _party(work, "sipp", ["-sn", "uas"])
         parties.append(answer)
         busy = _party(work, "sippbusy", ["-sf", str(SCENARIOS / "uas_486.xml")])
         parties.append(busy)
-        lab = Lab(work / "ifhome", answer, busy)
+        lab = Lab(NS, work / "ifhome", answer, busy)
         for name, secret, extra in (
             ("myast", "pass123", ()),
             ("badast", "wrongsecret", ()),
@@ -105,10 +89,6 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
             code, _, err = lab.ifbus("add", "sip", name, "asterisk", *auth, "--opt", "context=ctx", *extra)
             assert code == 0, err
         yield lab
-    finally:
-        for party in parties:
-            party.stop()
-        stop_lab(started, PIDFILES)
 
 
 def test_test_prints_the_version(lab: Lab) -> None:
@@ -181,7 +161,7 @@ def test_queue_mode_through_a_worker(lab: Lab) -> None:
     (a BYE at the party), and a second hang-up that says the call had already ended."""
     work = lab.home.parent
     worker_log = work / "worker.log"
-    with private_redis(NS, work) as env, worker(NS, lab.home, "asterisk", env, worker_log):
+    with netns_lab.private_redis(NS, work) as env, netns_lab.worker(NS, lab.home, "asterisk", env, worker_log):
         assert wait_for(lambda: "Listening on sip.asterisk" in worker_log.read_text(errors="replace"), 30.0), (
             worker_log.read_text(errors="replace")[-2000:]
         )

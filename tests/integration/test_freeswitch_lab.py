@@ -29,29 +29,18 @@ from pathlib import Path
 
 import pytest
 
+from tests import netns_lab
 from tests.lab import wait_for
-from tests.netns_lab import (
-    LABS,
-    Netns,
-    Party,
-    private_redis,
-    run_ifbus,
-    start_lab,
-    start_party,
-    stop_lab,
-    why_not,
-    worker,
-)
 
-NS = Netns(os.environ.get("IFBUS_LAB_NETNS", "labfs"))
+NS = netns_lab.Netns(os.environ.get("IFBUS_LAB_NETNS", "labfs"))
 BINARY = Path(os.environ.get("IFBUS_FREESWITCH_BIN", "/opt/lab/freeswitch/bin/freeswitch"))
 PIDFILES = [Path("/opt/lab/fsrun/run/freeswitch.pid")]
-RUN_SH = LABS / "freeswitch" / "run.sh"
-SCENARIOS = LABS / "freeswitch"
+RUN_SH = netns_lab.LABS / "freeswitch" / "run.sh"
+SCENARIOS = netns_lab.LABS / "freeswitch"
 UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 
 
-WHY_NOT = why_not("FreeSWITCH", BINARY, RUN_SH)
+WHY_NOT = netns_lab.why_not("FreeSWITCH", BINARY, RUN_SH)
 pytestmark = [pytest.mark.integration, pytest.mark.skipif(WHY_NOT is not None, reason=WHY_NOT or "")]
 
 
@@ -60,35 +49,29 @@ def _esl_answers() -> bool:
     return subprocess.run(NS.argv(sys.executable, "-c", probe), capture_output=True, timeout=10).returncode == 0
 
 
-def _party(work: Path, name: str, scenario: list[str]) -> Party:
-    return start_party(NS, work, name, scenario, lambda port: f"sofia/internal/sipp@127.0.0.1:{port}", 10.0)
+def _party(work: Path, name: str, scenario: list[str]) -> netns_lab.Party:
+    return netns_lab.start_party(NS, work, name, scenario, lambda port: f"sofia/internal/sipp@127.0.0.1:{port}", 10.0)
 
 
 @dataclass
-class Lab:
-    home: Path
-    answer: Party
-    busy: Party
-    ring: Party
-
-    def ifbus(self, *args: str, timeout: float = 60, **env: str) -> tuple[int, dict[str, object], str]:
-        return run_ifbus(NS, self.home, *args, timeout=timeout, **env)
+class Lab(netns_lab.LabCli):
+    answer: netns_lab.Party
+    busy: netns_lab.Party
+    ring: netns_lab.Party
 
 
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
     work = tmp_path_factory.mktemp("fslab")
     env = {"NS": NS.name}
-    started = {} if _esl_answers() else start_lab("FreeSWITCH", RUN_SH, _esl_answers, PIDFILES, env, timeout=60)
-    parties: list[Party] = []
-    try:
+    with netns_lab.running_lab("FreeSWITCH", RUN_SH, _esl_answers, PIDFILES, env, timeout=60, grace=20.0) as parties:
         answer = _party(work, "answer", ["-sn", "uas"])
         parties.append(answer)
         busy = _party(work, "busy", ["-sf", str(SCENARIOS / "sipp_uas_486.xml")])
         parties.append(busy)
         ring = _party(work, "ring", ["-sf", str(SCENARIOS / "sipp_uas_ring.xml")])
         parties.append(ring)
-        lab = Lab(work / "ifhome", answer, busy, ring)
+        lab = Lab(NS, work / "ifhome", answer, busy, ring)
         common = ("--host", "127.0.0.1", "--port", "8021", "--opt", "sip_port=5080", "--opt", "context=public")
         for name, password, extra in (
             ("labfs", "labpass", ()),
@@ -99,10 +82,6 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
             code, _, err = lab.ifbus("add", "sip", name, "freeswitch", *auth, *common, *extra)
             assert code == 0, err
         yield lab
-    finally:
-        for party in parties:
-            party.stop()
-        stop_lab(started, PIDFILES, grace=20.0)
 
 
 def test_test_prints_the_version_and_the_options_answer(lab: Lab) -> None:
@@ -168,7 +147,7 @@ def test_queue_mode_through_a_worker(lab: Lab) -> None:
     """A private redis-server and `ifbus worker freeswitch` inside the namespace: one call and its hang-up."""
     work = lab.home.parent
     worker_log = work / "worker.log"
-    with private_redis(NS, work) as env, worker(NS, lab.home, "freeswitch", env, worker_log):
+    with netns_lab.private_redis(NS, work) as env, netns_lab.worker(NS, lab.home, "freeswitch", env, worker_log):
         assert wait_for(lambda: "Listening on sip.freeswitch" in worker_log.read_text(errors="replace"), 20.0)
         party = lab.answer
         byes = party.count("BYE")
