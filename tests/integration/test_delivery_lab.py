@@ -23,13 +23,10 @@ from rq.serializers import JSONSerializer
 from bus.queues import JOB_FUNCTION
 from tests.conftest import BIN, WorkerProcess, redis_answers
 from tests.faults import peer
-from tests.lab import Kamailio, SippUA, free_port, kamailio_available, sipp_available, wait_for
+from tests.integration.conftest import KAMAILIO_LAB
+from tests.lab import Kamailio, SippUA, free_port, wait_for
 
-pytestmark = [
-    pytest.mark.integration,
-    pytest.mark.skipif(not kamailio_available(), reason="kamailio binary not installed (apt-get install kamailio)"),
-    pytest.mark.skipif(not sipp_available(), reason="sipp binary not installed (apt-get install sip-tester)"),
-]
+pytestmark = KAMAILIO_LAB
 
 TOKEN = "delivery-token"
 

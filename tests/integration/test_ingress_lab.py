@@ -16,21 +16,18 @@ import re
 import shutil
 import signal
 import subprocess
-from collections.abc import Callable, Iterator
-from contextlib import ExitStack
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tests.conftest import BIN
-from tests.integration.test_kamailio_calls import FR_INV_TIMER_MS, FR_TIMER_MS, TOKEN, register
-from tests.lab import Kamailio, SippUA, kamailio_available, sipp_available, wait_for
+from tests.integration.conftest import KAMAILIO_LAB, register
+from tests.lab import Kamailio, wait_for
 
 pytestmark = [
-    pytest.mark.integration,
-    pytest.mark.skipif(not kamailio_available(), reason="kamailio binary not installed (apt-get install kamailio)"),
-    pytest.mark.skipif(not sipp_available(), reason="sipp binary not installed (apt-get install sip-tester)"),
+    *KAMAILIO_LAB,
     pytest.mark.skipif(shutil.which("redis-cli") is None, reason="redis-cli not installed (comes with redis-server)"),
 ]
 
@@ -38,22 +35,10 @@ REPO = Path(__file__).resolve().parents[2]
 NODE_MODULES = REPO / "tests" / "node" / "node_modules"
 
 
-@pytest.fixture(scope="module")
-def kam(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Kamailio]:
-    with Kamailio(tmp_path_factory.mktemp("kam"), token=TOKEN, fr_timer=FR_TIMER_MS, fr_inv_timer=FR_INV_TIMER_MS) as k:
-        yield k
-
-
-@pytest.fixture
-def ua(kam: Kamailio, tmp_path: Path) -> Iterator[Callable[[str, str], SippUA]]:
-    with ExitStack() as stack:
-        yield lambda scenario, name: stack.enter_context(SippUA(scenario, tmp_path, name, kamailio_port=kam.sip_port))
-
-
 @pytest.fixture
 def bus(kam: Kamailio, start_worker, queue_mode: str, tmp_path: Path) -> Iterator[str]:
     """`mykam` registered, a real worker and a real ingress running; yields the Redis URL."""
-    register("mykam", kam, TOKEN)
+    register("mykam", kam)
     start_worker("kamailio")
     log = tmp_path / "ingress.log"
     with open(log, "wb") as out:

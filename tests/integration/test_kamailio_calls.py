@@ -13,54 +13,23 @@ import os
 import signal
 import subprocess
 import time
-from collections.abc import Callable, Iterator
-from contextlib import ExitStack
-from pathlib import Path
 
 import pytest
 
 from tests.conftest import BIN
-from tests.lab import Kamailio, SippUA, free_port, kamailio_available, sipp_available
+from tests.integration.conftest import FR_TIMER_MS, KAMAILIO_LAB, register
+from tests.lab import Kamailio, free_port
 
-pytestmark = [
-    pytest.mark.integration,
-    pytest.mark.skipif(not kamailio_available(), reason="kamailio binary not installed (apt-get install kamailio)"),
-    pytest.mark.skipif(not sipp_available(), reason="sipp binary not installed (apt-get install sip-tester)"),
-]
-
-TOKEN = "ifbus-test-token"
-FR_TIMER_MS = 2000
-FR_INV_TIMER_MS = 5000
-
-
-@pytest.fixture(scope="module")
-def kam(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Kamailio]:
-    with Kamailio(tmp_path_factory.mktemp("kam"), token=TOKEN, fr_timer=FR_TIMER_MS, fr_inv_timer=FR_INV_TIMER_MS) as k:
-        yield k
-
-
-@pytest.fixture
-def ua(kam: Kamailio, tmp_path: Path) -> Iterator[Callable[[str, str], SippUA]]:
-    with ExitStack() as stack:
-        yield lambda scenario, name: stack.enter_context(SippUA(scenario, tmp_path, name, kamailio_port=kam.sip_port))
+pytestmark = KAMAILIO_LAB
 
 
 @pytest.fixture(params=["queue", "inline"])
 def mode(request: pytest.FixtureRequest, kam: Kamailio) -> str:
     """Register `mykam`, then run the test through a worker process or embedded."""
-    register("mykam", kam, TOKEN)
+    register("mykam", kam)
     if request.param == "queue":
         request.getfixturevalue("start_worker")("kamailio")
     return request.param
-
-
-def register(name: str, kam: Kamailio, token: str) -> None:
-    result = ifbus(
-        "add", "sip", name, "--type", "kamailio", "--auth", f"token={token}", "realm=127.0.0.1",
-        "--port", str(kam.http_port), "--opt", f"fr_timer={FR_TIMER_MS / 1000:g}",
-        f"fr_inv_timer={FR_INV_TIMER_MS / 1000:g}", f"sip_port={kam.sip_port}", "--replace",
-    )  # fmt: skip
-    assert result.returncode == 0, result.stderr
 
 
 def ifbus(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
@@ -161,7 +130,7 @@ def test_until_accepted_returns_before_anyone_answers(kam: Kamailio, ua) -> None
     did not wait for an answer. No timing involved: with A still ringing, B cannot have been called
     (B is only called after A answered and followed the REFER). Before, A answered after a 200 ms
     pause and the test raced that pause against the CLI's exit, failing under load."""
-    register("mykam", kam, TOKEN)
+    register("mykam", kam)
     alice = ua("ring_uas.xml", "alice")
     bob = ua("answer_uas.xml", "bob")
     result = ifbus("call", "sip", "mykam", f"from={alice.uri}", f"to={bob.uri}", "--until", "accepted", "--json")
@@ -174,7 +143,7 @@ def test_until_accepted_returns_before_anyone_answers(kam: Kamailio, ua) -> None
 
 def test_until_accepted_call_goes_on_after_the_answer(kam: Kamailio, ua) -> None:
     """The same call with an A that answers: after `--until accepted` returned, the call proceeds."""
-    register("mykam", kam, TOKEN)
+    register("mykam", kam)
     alice = ua("refer_uas.xml", "alice")
     bob = ua("answer_uas.xml", "bob")
     result = ifbus("call", "sip", "mykam", f"from={alice.uri}", f"to={bob.uri}", "--until", "accepted", "--json")
@@ -184,7 +153,7 @@ def test_until_accepted_call_goes_on_after_the_answer(kam: Kamailio, ua) -> None
 
 
 def test_sigterm_lets_the_worker_finish_the_current_call(kam: Kamailio, ua, start_worker) -> None:
-    register("mykam", kam, TOKEN)
+    register("mykam", kam)
     worker = start_worker("kamailio")
     alice = ua("refer_uas.xml", "alice")
     bob = ua("answer_uas.xml", "bob")

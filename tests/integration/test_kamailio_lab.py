@@ -33,56 +33,15 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Callable, Iterator
-from contextlib import ExitStack
-from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
-from tests.lab import (
-    Kamailio,
-    SippUA,
-    free_port,
-    kamailio_available,
-    sipp_available,
-    wait_for,
-)
+from tests.integration.conftest import FR_INV_TIMER_MS, FR_TIMER_MS, KAMAILIO_LAB, TOKEN, UaFactory
+from tests.lab import Kamailio, SippUA, free_port, wait_for
 
-pytestmark = [
-    pytest.mark.integration,
-    pytest.mark.skipif(not kamailio_available(), reason="kamailio binary not installed (apt-get install kamailio)"),
-    pytest.mark.skipif(not sipp_available(), reason="sipp binary not installed (apt-get install sip-tester)"),
-]
-
-FR_TIMER = 2000
-FR_INV_TIMER = 5000
-TOKEN = "lab-token-123"
-
-UaFactory = Callable[[str, str], SippUA]
-
-
-@pytest.fixture(scope="module")
-def kam(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Kamailio]:
-    with Kamailio(
-        tmp_path_factory.mktemp("kamailio"),
-        token=TOKEN,
-        fr_timer=FR_TIMER,
-        fr_inv_timer=FR_INV_TIMER,
-    ) as k:
-        yield k
-
-
-@pytest.fixture
-def ua(kam: Kamailio, tmp_path: Path) -> Iterator[UaFactory]:
-    """Factory: ``ua("refer_uas.xml", "alice")`` starts a SIPp UA, stopped after the test."""
-    with ExitStack() as stack:
-
-        def make(scenario: str, name: str) -> SippUA:
-            return stack.enter_context(SippUA(scenario, tmp_path, name, kamailio_port=kam.sip_port))
-
-        yield make
+pytestmark = KAMAILIO_LAB
 
 
 def bridge(kam: Kamailio, a_uri: str, b_uri: str, op: str | None = None) -> tuple[str, float]:
@@ -265,7 +224,7 @@ def test_unreachable_a_leaves_no_a_code(kam: Kamailio, ua: UaFactory) -> None:
     b = ua("answer_uas.xml", "bob")
     nobody = f"sip:ghost@127.0.0.1:{free_port(udp=True, tcp=False)}"
     cid, _ = bridge(kam, nobody, b.uri)
-    time.sleep(FR_TIMER / 1000 + 1.0)
+    time.sleep(FR_TIMER_MS / 1000 + 1.0)
     assert kam.htable_get(f"{cid}::a") is None
     assert kam.htable_get(f"{cid}::b") is None
     assert b.received("INVITE") == 0
@@ -276,7 +235,7 @@ def test_a_never_answers_is_487(kam: Kamailio, ua: UaFactory) -> None:
     b = ua("answer_uas.xml", "bob")
     cid, started = bridge(kam, a.uri, b.uri)
     assert wait_for(lambda: kam.htable_get(f"{cid}::a") == 180, 2)
-    assert final_code(kam, f"{cid}::a", FR_INV_TIMER / 1000 + 3) == 487
+    assert final_code(kam, f"{cid}::a", FR_INV_TIMER_MS / 1000 + 3) == 487
     report("ring A: a=487", started)
     assert a.received("CANCEL") == 1
     assert b.received("INVITE") == 0
@@ -288,7 +247,7 @@ def test_b_never_answers_is_408(kam: Kamailio, ua: UaFactory) -> None:
     cid, started = bridge(kam, a.uri, b.uri)
     assert final_code(kam, f"{cid}::a", 3) == 200
     assert wait_for(lambda: kam.htable_get(f"{cid}::b") == 180, 3)
-    assert final_code(kam, f"{cid}::b", FR_INV_TIMER / 1000 + 3) == 408
+    assert final_code(kam, f"{cid}::b", FR_INV_TIMER_MS / 1000 + 3) == 408
     report("ring B: b=408", started)
     assert b.wait_received("CANCEL", 1, 2)
 
@@ -305,6 +264,6 @@ def test_outbound_proxy_self_turns_unreachable_a_into_408(kam: Kamailio, ua: UaF
     nobody = f"sip:ghost@127.0.0.1:{free_port(udp=True, tcp=False)}"
     cid, started = bridge(kam, nobody, b.uri, op=kam.sip_uri)
     assert wait_for(lambda: kam.htable_get(f"{cid}::a") == 100, 1)
-    assert final_code(kam, f"{cid}::a", FR_TIMER / 1000 + 2) == 408
+    assert final_code(kam, f"{cid}::a", FR_TIMER_MS / 1000 + 2) == 408
     report("unreachable A with op: a=408", started)
     assert b.received("INVITE") == 0
