@@ -11,6 +11,10 @@
 | `ifbus:lease:<request_id>`    | string | worker     | LEASE, renewed | a live worker holds the request             |
 | `ifbus:call:<call id>`        | string | worker     | CALL           | the CallRef JSON: who carries the call      |
 | `ifbus:calls:<server>`        | zset   | worker     | CALL           | names of the calls placed there (score: time)|
+| `ifbus:followed:<request_id>` | string | follower   | DEDUP          | a followed call (ledger.FollowRecord)      |
+| `ifbus:inflight:<type>`       | zset   | follower   | none           | followed ids (score: owner's expiry, ms)    |
+| `ifbus:inflight:<type>:owner` | hash   | follower   | none           | request id → the follower that owns it     |
+| `ifbus:followers:<type>`      | zset   | follower   | 1 h idle       | live followers (score: expiry, ms)          |
 | `ifbus:health:<server>`       | hash   | worker     | none           | the server's breaker                        |
 | `ifbus:health:<server>:trial` | string | worker     | cool-down      | one half-open trial at a time               |
 | `ifbus:probe:<server>`        | string | prober     | probe interval | one probe per server per period             |
@@ -79,6 +83,23 @@ def call(call_id: str) -> str:
 def calls(server: str) -> str:
     """The recent calls the bus placed on `server` (`ifbus calls sip NAME`)."""
     return f"{PREFIX}calls:{server}"
+
+
+def followed(request_id: str) -> str:
+    """A call handed from its job to a follower, with what is needed to answer its caller."""
+    return f"{PREFIX}followed:{request_id}"
+
+
+def inflight(type_: str) -> str:
+    return f"{PREFIX}inflight:{type_}"
+
+
+def inflight_owner(type_: str) -> str:
+    return inflight(type_) + ":owner"
+
+
+def followers(type_: str) -> str:
+    return f"{PREFIX}followers:{type_}"
 
 
 def health(server: str) -> str:

@@ -6,6 +6,14 @@ when that server provably did nothing (unreachable, overloaded, auth); the lease
 refreshed every second, so a waiting caller notices a killed worker within LEASE_SECONDS; and the
 CallRef of every call a server accepted, written at acceptance (not only on success), so `hangup`
 reaches the server that carries the call even after an "outcome unknown".
+
+Calls followed by a worker process's follower (workers.follower) have one more record: the
+FollowRecord (what is needed to answer the caller), the call's place in its type's in-flight set,
+scored by its owner's lease expiry, and the owner's name. A follower refreshes all its calls in one
+script per type per second; a call whose owner stopped refreshing is adopted, atomically, by another
+follower of that type, which follows it to its end from the server's state. While such a call waits
+for adoption, `read_lease` still names its server, so the caller keeps waiting for the real answer
+instead of hearing "the worker stopped" — but only while a live follower of that type exists.
 """
 
 from __future__ import annotations
@@ -14,6 +22,7 @@ import json
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
 from typing import Any, ClassVar, Protocol
 
 from bus import keys
@@ -24,6 +33,115 @@ CALL_SECONDS = 24 * 3600
 LEASE_SECONDS = 3.0
 LEASE_REFRESH_SECONDS = 1.0
 REQUEUED = "requeued"
+FOLLOWER_SECONDS = 2.5  # a follower counts as alive this long after its last refresh (< LEASE_SECONDS)
+ADOPT_WINDOW_SECONDS = 5.0  # an orphaned call not adopted within this is given up by its caller
+
+
+@dataclass
+class FollowRecord:
+    """A call its job handed to a follower: enough to answer the caller exactly as the job would have,
+    from any worker process. Times are Unix seconds (they cross hosts); `ref` is the CallRef's JSON."""
+
+    request_id: str
+    reply_key: str | None
+    op: str
+    server: str
+    type: str
+    ref: dict[str, Any]
+    deadline_at: float
+    accepted_at: float
+    mode: str = "queue"
+    attempts: dict[str, int] = field(default_factory=dict)
+    errors: dict[str, str] = field(default_factory=dict)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self))
+
+    @classmethod
+    def from_json(cls, raw: str | bytes) -> FollowRecord:
+        data = json.loads(raw)
+        return cls(**{k: data[k] for k in cls.__dataclass_fields__ if k in data})
+
+    @property
+    def call_ref(self) -> CallRef:
+        return CallRef.from_json(self.ref)
+
+
+# Every follower script reads Redis's clock, so hosts with skewed clocks agree on who is late.
+_NOW = "local t = redis.call('TIME') local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)\n"
+
+# KEYS: inflight zset, owner hash, followed key, lease key. ARGV: rid, owner, body, server, ttl ms, keep s.
+_FOLLOW = (
+    _NOW
+    + """
+redis.call('ZADD', KEYS[1], now + tonumber(ARGV[5]), ARGV[1])
+redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
+redis.call('SET', KEYS[3], ARGV[3], 'EX', tonumber(ARGV[6]))
+redis.call('SET', KEYS[4], ARGV[4], 'PX', tonumber(ARGV[5]))
+"""
+)
+
+# KEYS: inflight zset, owner hash, followers zset, then one lease key per call.
+# ARGV: owner, ttl ms, follower ttl ms, then (rid, server) per call. Returns the calls no longer ours.
+_HEARTBEAT = (
+    _NOW
+    + """
+redis.call('ZADD', KEYS[3], now + tonumber(ARGV[3]), ARGV[1])
+redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now - 3600000)
+redis.call('PEXPIRE', KEYS[3], 3600000)
+local lost = {}
+for i = 4, #KEYS do
+  local rid, server = ARGV[2 * i - 4], ARGV[2 * i - 3]
+  if redis.call('HGET', KEYS[2], rid) == ARGV[1] then
+    redis.call('ZADD', KEYS[1], 'XX', now + tonumber(ARGV[2]), rid)
+    redis.call('SET', KEYS[i], server, 'PX', tonumber(ARGV[2]))
+  else
+    table.insert(lost, rid)
+  end
+end
+return lost
+"""
+)
+
+# KEYS: inflight zset, owner hash. ARGV: owner, ttl ms, limit, followed prefix, lease prefix.
+# Claims up to `limit` calls whose owner's lease ran out; returns their FollowRecords.
+_ADOPT = (
+    _NOW
+    + """
+local out = {}
+for _, rid in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, tonumber(ARGV[3]))) do
+  local body = redis.call('GET', ARGV[4] .. rid)
+  if body then
+    local ok, rec = pcall(cjson.decode, body)
+    redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), rid)
+    redis.call('HSET', KEYS[2], rid, ARGV[1])
+    redis.call('SET', ARGV[5] .. rid, ok and tostring(rec.server) or 'adopted', 'PX', tonumber(ARGV[2]))
+    table.insert(out, body)
+  else
+    redis.call('ZREM', KEYS[1], rid)
+    redis.call('HDEL', KEYS[2], rid)
+  end
+end
+return out
+"""
+)
+
+# KEYS: lease key, followed key. ARGV: rid, inflight prefix, followers prefix, window ms.
+_READ_LEASE = (
+    _NOW
+    + """
+local lease = redis.call('GET', KEYS[1])
+if lease then return lease end
+local body = redis.call('GET', KEYS[2])
+if not body then return false end
+local ok, rec = pcall(cjson.decode, body)
+if not ok or type(rec) ~= 'table' or type(rec.type) ~= 'string' then return false end
+local since = redis.call('ZSCORE', ARGV[2] .. rec.type, ARGV[1])
+if not since or now - tonumber(since) > tonumber(ARGV[4]) then return false end
+if #redis.call('ZRANGEBYSCORE', ARGV[3] .. rec.type, now, '+inf', 'LIMIT', 0, 1) == 0 then return false end
+return tostring(rec.server)
+"""
+)
 
 
 class Ledger(Protocol):
@@ -81,22 +199,30 @@ class RedisLedger:
         """Store the result, wake the waiters, drop the lease: in that order, in one transaction, so
         a caller that finds the lease gone always finds the answer already there, and a duplicate
         submitter that registers after this sees the stored result."""
-        body = json.dumps(result)
+        self.finish_many([(request_id, result, reply_key, also)])
+
+    def finish_many(self, done: list[tuple[str, dict[str, Any], str | None, Callable[[Any], None] | None]]) -> None:
+        """`finish` for many requests in one transaction (a follower settling a round of calls)."""
         pipe = self.redis.pipeline()
-        if also is not None:
-            also(pipe)
-        pipe.set(keys.result(request_id), body, ex=DEDUP_SECONDS)
-        pipe.smembers(keys.waiters(request_id))
-        if reply_key:
-            pipe.lpush(reply_key, body)
-            pipe.expire(reply_key, keys.REPLY_TTL_SECONDS)
-        pipe.delete(keys.lease(request_id))
-        waiters = {k.decode() for k in pipe.execute()[-4 if reply_key else -2]} - {reply_key}
-        if waiters:
-            pipe = self.redis.pipeline()
-            for key in waiters:
+        spots = []
+        for request_id, result, reply_key, also in done:
+            body = json.dumps(result)
+            if also is not None:
+                also(pipe)
+            pipe.set(keys.result(request_id), body, ex=DEDUP_SECONDS)
+            spots.append((len(pipe), body, reply_key))
+            pipe.smembers(keys.waiters(request_id))
+            if reply_key:
+                pipe.lpush(reply_key, body)
+                pipe.expire(reply_key, keys.REPLY_TTL_SECONDS)
+            pipe.delete(keys.lease(request_id))
+        replies = pipe.execute()
+        pipe = self.redis.pipeline()
+        for spot, body, reply_key in spots:
+            for key in {k.decode() for k in replies[spot]} - {reply_key}:
                 pipe.lpush(key, body)
                 pipe.expire(key, keys.REPLY_TTL_SECONDS)
+        if len(pipe):
             pipe.execute()
 
     def claim_send(self, request_id: str, server: str) -> str | None:
@@ -113,20 +239,86 @@ class RedisLedger:
         self.redis.set(keys.lease(request_id), value, px=max(1, int(seconds * 1000)), xx=refresh)
 
     def read_lease(self, request_id: str) -> str | None:
-        raw = self.redis.get(keys.lease(request_id))
-        return raw.decode() if raw else None
+        """Who holds the request: the lease's value, or — for a followed call whose follower died and
+        that a live follower of its type is about to adopt — its server (see the module docstring)."""
+        raw = self._script("read_lease", _READ_LEASE)(
+            keys=[keys.lease(request_id), keys.followed(request_id)],
+            args=[request_id, keys.inflight(""), keys.followers(""), int(ADOPT_WINDOW_SECONDS * 1000)],
+        )
+        return raw.decode() if isinstance(raw, bytes) else raw or None
 
-    def record_call(self, ref: CallRef) -> None:
+    # ---- calls followed by a follower (workers.follower)
+
+    def follow(self, record: FollowRecord, owner: str) -> None:
+        """The follower `owner` now owns the call: record it, put it in flight, lease the request."""
+        self._script("follow", _FOLLOW)(
+            keys=[keys.inflight(record.type), keys.inflight_owner(record.type), keys.followed(record.request_id),
+                  keys.lease(record.request_id)],
+            args=[record.request_id, owner, record.to_json(), record.server, int(LEASE_SECONDS * 1000), DEDUP_SECONDS],
+        )  # fmt: skip
+
+    def heartbeat(self, type_: str, owner: str, calls: list[tuple[str, str]]) -> list[str]:
+        """Refresh the follower's own liveness and the lease of each (request id, server) it owns, in
+        one round trip; returns the request ids that are no longer its own (adopted elsewhere, finished)."""
+        lost = self._script("heartbeat", _HEARTBEAT)(
+            keys=[keys.inflight(type_), keys.inflight_owner(type_), keys.followers(type_),
+                  *(keys.lease(rid) for rid, _ in calls)],
+            args=[owner, int(LEASE_SECONDS * 1000), int(FOLLOWER_SECONDS * 1000),
+                  *(v for call in calls for v in call)],
+        )  # fmt: skip
+        return [r.decode() if isinstance(r, bytes) else str(r) for r in lost or []]
+
+    def adopt(self, type_: str, owner: str, limit: int) -> list[FollowRecord]:
+        """Claim (atomically: one adopter per call) the calls of `type_` whose owner stopped refreshing."""
+        bodies = self._script("adopt", _ADOPT)(
+            keys=[keys.inflight(type_), keys.inflight_owner(type_)],
+            args=[owner, int(LEASE_SECONDS * 1000), limit, keys.followed(""), keys.lease("")],
+        )
+        records = []
+        for body in bodies or []:
+            try:
+                records.append(FollowRecord.from_json(body))
+            except (ValueError, TypeError, KeyError):
+                continue  # unreadable: dropped from the set on its expiry
+        return records
+
+    def release(self, type_: str, request_ids: list[str]) -> None:
+        """Give calls up for adoption now (a draining worker): their owner's lease counts as expired."""
+        if request_ids:
+            seconds, micros = self.redis.time()  # orphaned from now on: callers keep waiting for the adopter
+            self.redis.zadd(keys.inflight(type_), dict.fromkeys(request_ids, seconds * 1000 + micros // 1000), xx=True)
+
+    def unfollow(self, type_: str, request_id: str) -> Callable[[Any], None]:
+        """Pipeline commands that end a followed call's records, for `finish(also=…)`: in the same
+        transaction as the answer, so no follower adopts a call that was just answered."""
+
+        def add(pipe: Any) -> None:
+            pipe.zrem(keys.inflight(type_), request_id)
+            pipe.hdel(keys.inflight_owner(type_), request_id)
+            pipe.delete(keys.followed(request_id))
+
+        return add
+
+    def _script(self, name: str, source: str) -> Any:
+        scripts = self.__dict__.setdefault("_scripts", {})
+        if name not in scripts:
+            scripts[name] = self.redis.register_script(source)
+        return scripts[name]
+
+    def record_call(self, ref: CallRef, pipe: Any = None) -> None:
+        """With `pipe`, the commands are queued there (a follower's round of answers: one round trip)."""
         body = json.dumps(ref.to_json())
         now = time.time()
         recent = keys.calls(ref.server)
-        pipe = self.redis.pipeline(transaction=False)
+        own = pipe is None
+        pipe = self.redis.pipeline(transaction=False) if own else pipe
         for name in ref.names():
             pipe.set(keys.call(name), body, ex=CALL_SECONDS)
         pipe.zadd(recent, dict.fromkeys(ref.names(), now), nx=True)  # nx: a name keeps its placing time
         pipe.zremrangebyscore(recent, "-inf", now - CALL_SECONDS)
         pipe.expire(recent, CALL_SECONDS)
-        pipe.execute()
+        if own:
+            pipe.execute()
 
     def call_ref(self, call_id: str) -> CallRef | None:
         raw = self.redis.get(keys.call(call_id))

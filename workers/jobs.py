@@ -32,7 +32,7 @@ from bus.errors import BusError, CallRejected, InvalidInput, NotFound, Outcome, 
 from bus.failover import candidates_left, next_server, pool_order
 from bus.health import CLOSED, HealthStore, MemoryHealth
 from bus.keys import reply as reply_key_for
-from bus.ledger import REQUEUED, LeaseKeeper, Ledger, MemoryLedger
+from bus.ledger import REQUEUED, FollowRecord, LeaseKeeper, Ledger, MemoryLedger
 from bus.logging import get_logger
 from bus.models import (
     REQUEST_ID_RE,
@@ -54,6 +54,10 @@ log = get_logger("ifbus.job")
 
 _OPS = ("test", "call", "hangup")
 
+# The answer of a call handed to the process's follower: nobody is answered by the job itself.
+FOLLOWED: Any = Answer("handed to the follower")
+Handoff = Callable[[Adapter, CallRef, "Callable[[bool], None] | None"], None]
+
 
 @dataclass
 class Context:
@@ -63,6 +67,7 @@ class Context:
     ledger: Ledger
     requeue: Callable[[BaseRequest], None] | None = None  # None: fail over in this process
     limiter: Limiter | None = None  # per-server call-rate limits (bus.ratelimit); None: none enforced
+    follower: Any = None  # workers.follower.Follower: `until=answered` calls settle there; None: in the job
 
 
 _inline: Context | None = None
@@ -84,13 +89,21 @@ def run(payload: dict[str, Any]) -> dict[str, Any]:
 
     from bus.health import RedisHealth
     from bus.ledger import RedisLedger
+    from workers.follower import process_follower
 
     job = get_current_job()
     assert job is not None, "workers.jobs.run runs inside an RQ job"
     redis = job.connection
     context = Context(RedisHealth(redis), RedisLedger(redis), requeue=lambda request: _requeue(redis, request),
-                      limiter=Limiter(RedisLimiter(redis)))  # fmt: skip
-    return execute(payload, mode="queue", context=context)
+                      limiter=Limiter(RedisLimiter(redis)), follower=process_follower(redis))  # fmt: skip
+    done = execute(payload, mode="queue", context=context)
+    if done.get("followed"):
+        # RQ keeps a finished job only if it has a result TTL (the bus enqueues with 0: it stores its own
+        # results). A followed call's job stays readable while its call may ring, so `rq info` and an
+        # operator's `rq requeue` see it (a redelivery finds the send claim and never sends twice).
+        timeout = payload.get("timeout") if isinstance(payload, dict) else None
+        job.result_ttl = int(timeout if isinstance(timeout, int | float) else 60) + 60
+    return done
 
 
 def execute(payload: Any, mode: str = "inline", context: Context | None = None) -> dict[str, Any]:
@@ -108,6 +121,8 @@ def execute(payload: Any, mode: str = "inline", context: Context | None = None) 
             context.ledger.finish(request_id, result, reply_key)  # the caller still gets its one answer
         return result
     served = _serve(request, context, mode)
+    if served is FOLLOWED:
+        return {"request_id": request.request_id, "followed": True}  # the follower delivers the one answer
     if served is not None:
         result, healthy = served
         close = (lambda pipe: context.health.success(healthy, pipe)) if healthy else None
@@ -116,9 +131,10 @@ def execute(payload: Any, mode: str = "inline", context: Context | None = None) 
     return {"request_id": request.request_id, "requeued": True}  # RQ's record of this hop; the caller waits on
 
 
-def _serve(request: BaseRequest, context: Context, mode: str) -> tuple[dict[str, Any], str | None] | None:
+def _serve(request: BaseRequest, context: Context, mode: str) -> tuple[dict[str, Any], str | None] | object | None:
     """The request's one result and the server that just proved healthy (its breaker is closed in
-    the same round trip that delivers the result), or None when it was re-queued."""
+    the same round trip that delivers the result), None when it was re-queued, or FOLLOWED when the
+    call was handed to the process's follower (which answers the caller when it settles)."""
     attempts, errors, tried = dict(request.attempts), dict(request.errors), list(request.tried)
     last = request.last_outcome
     deadline = _deadline(request)
@@ -133,8 +149,9 @@ def _serve(request: BaseRequest, context: Context, mode: str) -> tuple[dict[str,
             if server is None:  # another worker took the last half-open trial meanwhile
                 return _exhausted(request, attempts, errors, last or Outcome.UNREACHABLE, mode), None
             keeper.hold(server)
+            handoff = _handoff(request, context, entries[server].type, attempts, errors, mode, deadline)
             try:
-                answer = _attempt(POOL.get(server, entries[server]), request, attempts, deadline, context)
+                answer = _attempt(POOL.get(server, entries[server]), request, attempts, deadline, context, handoff)
             except BusError as exc:
                 if not _fails_over(request, exc):
                     raise
@@ -151,21 +168,11 @@ def _serve(request: BaseRequest, context: Context, mode: str) -> tuple[dict[str,
                     context.requeue(request.rerouted(**routing))
                     return None
                 continue
+            if answer is FOLLOWED:
+                log.info("job.followed", request_id=request.request_id, server=server)
+                return FOLLOWED
             log.info("job.done", request_id=request.request_id, op=request.op, server=server, call_id=answer.call_id)
-            return JobResult(
-                request_id=request.request_id,
-                op=request.op,
-                server=server,
-                outcome=Outcome.OK,
-                exit_code=0,
-                message=answer.message,
-                call_id=answer.call_id,
-                sip_code=answer.data.get("sip_code"),
-                data={**answer.data, "health": CLOSED},  # closed as the result is delivered
-                attempts=attempts,
-                errors=errors,
-                mode=mode,
-            ).model_dump(mode="json"), server
+            return _success(request.request_id, request.op, server, answer, attempts, errors, mode), server
     except BusError as exc:
         if server:
             exc.details.setdefault("health", context.health.get(server).state)
@@ -174,6 +181,53 @@ def _serve(request: BaseRequest, context: Context, mode: str) -> tuple[dict[str,
         return _result(request.request_id, request.op, server, exc, attempts, errors, mode), None
     finally:
         keeper.stop()
+
+
+def _success(
+    request_id: str, op: str, server: str, answer: Answer, attempts: dict[str, int], errors: dict[str, str], mode: str
+) -> dict[str, Any]:
+    return JobResult(
+        request_id=request_id,
+        op=op,
+        server=server,
+        outcome=Outcome.OK,
+        exit_code=0,
+        message=answer.message,
+        call_id=answer.call_id,
+        sip_code=answer.data.get("sip_code"),
+        data={**answer.data, "health": CLOSED},  # closed as the result is delivered
+        attempts=attempts,
+        errors=errors,
+        mode=mode,
+    ).model_dump(mode="json")
+
+
+def _handoff(
+    request: BaseRequest,
+    context: Context,
+    type_: str,
+    attempts: dict[str, int],
+    errors: dict[str, str],
+    mode: str,
+    deadline: float,
+) -> Handoff | None:
+    """How an accepted `until=answered` call leaves this job for the process's follower (None: it is
+    followed in the job, as in embedded mode). The record is built when the server accepted, so the
+    attempts it carries are the final ones."""
+    follower = context.follower
+    if follower is None or not isinstance(request, CallRequest) or request.until != "answered":
+        return None
+
+    def hand(adapter: Adapter, ref: CallRef, done: Callable[[bool], None] | None) -> None:
+        now = time.time()
+        record = FollowRecord(
+            request_id=request.request_id, reply_key=request.reply_key, op=request.op, server=adapter.name,
+            type=type_, ref=ref.to_json(), deadline_at=now + max(0.0, deadline - time.monotonic()),
+            accepted_at=now, mode=mode, attempts=dict(attempts), errors=dict(errors),
+        )  # fmt: skip
+        follower.take(record, adapter, done)
+
+    return hand
 
 
 def _choose(request: BaseRequest, entries: dict[str, ServerEntry], tried: list[str], context: Context) -> str | None:
@@ -195,7 +249,12 @@ def _fails_over(request: BaseRequest, exc: BusError) -> bool:
 
 
 def _attempt(
-    adapter: Adapter, request: BaseRequest, attempts: dict[str, int], deadline: float, context: Context
+    adapter: Adapter,
+    request: BaseRequest,
+    attempts: dict[str, int],
+    deadline: float,
+    context: Context,
+    handoff: Handoff | None = None,
 ) -> Answer:
     """Try the operation on one server within its attempt budget, feeding its breaker."""
     name = adapter.name
@@ -205,7 +264,7 @@ def _attempt(
     for attempt in range(budget):
         attempts[name] = attempts.get(name, 0) + 1
         try:
-            return _perform(adapter, request, deadline, context)
+            return _perform(adapter, request, deadline, context, handoff)
         except BusError as exc:
             if isinstance(exc, RateLimited):
                 raise  # the bus's own limit, reached at the caller's deadline: says nothing of the server
@@ -229,14 +288,16 @@ def _attempt(
     raise AssertionError("unreachable: the loop returns or raises")
 
 
-def _perform(adapter: Adapter, request: BaseRequest, deadline: float, context: Context) -> Answer:
+def _perform(
+    adapter: Adapter, request: BaseRequest, deadline: float, context: Context, handoff: Handoff | None = None
+) -> Answer:
     if isinstance(request, TestRequest):
         return with_sip_reachability(adapter, adapter.test())
     if isinstance(request, CallRequest):
         adapter.check_extras(request.extras, adapter.call_extras, "call")
         return place_call(
             adapter, context.ledger, request.request_id, request.from_, request.to, request.until,
-            dict(request.extras), deadline, limiter=context.limiter,
+            dict(request.extras), deadline, limiter=context.limiter, handoff=handoff,
         )  # fmt: skip
     if isinstance(request, HangupRequest):
         adapter.check_extras(request.extras, adapter.hangup_extras, "hangup")
@@ -256,9 +317,14 @@ def place_call(
     extras: dict[str, str],
     deadline: float,
     limiter: Limiter | None = None,
+    handoff: Handoff | None = None,
 ) -> Answer:
     """originate, record, follow: the one place the after-acceptance rule is applied; with a limiter,
     inside a slot of the server's call-rate limits (bus.ratelimit), taken before the deadline or not at all.
+
+    With `handoff` (a queue worker), an accepted `until=answered` call is handed to the process's
+    follower instead of being followed here, and FOLLOWED is returned: the follower settles it through
+    `settle` (the same rule) and then tells the slot `done`.
 
     max_concurrent counts a call from its slot until it settles; a call the bus stops following while
     it may still ring (`until=accepted`, outcome unknown) stays counted for the server's ring window."""
@@ -267,13 +333,14 @@ def place_call(
         give_up_at = deadline - adapter.option_float("connect_timeout")
         slot = limiter.acquire(adapter.name, adapter.options, request_id, give_up_at, hold_until=deadline)
     if slot is None:
-        return _place(adapter, ledger, request_id, from_, to, until, extras, deadline, lambda reached: None)
+        return _place(adapter, ledger, request_id, from_, to, until, extras, deadline, lambda reached: None, handoff)
     try:
-        answer = _place(adapter, ledger, request_id, from_, to, until, extras, deadline, slot.sent)
+        answer = _place(adapter, ledger, request_id, from_, to, until, extras, deadline, slot.sent, handoff, slot.done)
     except BaseException as exc:
         slot.done(ringing=isinstance(exc, OutcomeUnknown))
         raise
-    slot.done(ringing=until == "accepted")
+    if answer is not FOLLOWED:  # a followed call's slot is the follower's to close
+        slot.done(ringing=until == "accepted")
     return answer
 
 
@@ -287,6 +354,8 @@ def _place(
     extras: dict[str, str],
     deadline: float,
     sent: Callable[[bool], None],
+    handoff: Handoff | None = None,
+    done: Callable[[bool], None] | None = None,
 ) -> Answer:
     """`sent(reached)` is told when the originate is over: whether the server got (or may have got) it."""
     holder = ledger.claim_send(request_id, adapter.name)
@@ -314,32 +383,91 @@ def _place(
     ledger.record_call(ref)
     if until == "accepted":
         return adapter.accepted(ref)
+    if handoff is not None:
+        handoff(adapter, ref, done)
+        return FOLLOWED
     try:
-        answer = adapter.follow(ref, deadline)
-    except CallRejected as exc:
-        exc.details.setdefault("server", adapter.name)
-        if ref.call_id:
-            exc.details.setdefault("call_id", ref.call_id)
-        raise
+        outcome: Answer | BaseException = adapter.follow(ref, deadline)
     except Exception as exc:
-        raise _after_acceptance(adapter, ref, exc) from None
-    if answer.call_id and answer.call_id not in ref.names():
-        ledger.record_call(CallRef(ref.server, answer.call_id, ref.handle))
-    return answer
+        outcome = exc
+    return settle(ledger, ref, outcome)
 
 
-def _after_acceptance(adapter: Adapter, ref: CallRef, exc: Exception) -> OutcomeUnknown:
+def settle(
+    ledger: Ledger, ref: CallRef, outcome: Answer | BaseException, record: Callable[[CallRef], None] | None = None
+) -> Answer:
+    """What following an accepted call came to, under the after-acceptance rule: an Answer (its call
+    id recorded for hangup, through `record` if given, else the ledger), the party's CallRejected,
+    or — for anything else — outcome unknown. The job (embedded mode) and the process's follower
+    (workers.follower) both settle calls here."""
+    if isinstance(outcome, Answer):
+        if outcome.call_id and outcome.call_id not in ref.names():
+            (record or ledger.record_call)(CallRef(ref.server, outcome.call_id, ref.handle))
+        return outcome
+    if isinstance(outcome, CallRejected):
+        outcome.details.setdefault("server", ref.server)
+        if ref.call_id:
+            outcome.details.setdefault("call_id", ref.call_id)
+        raise outcome
+    raise _after_acceptance(ref, outcome) from None
+
+
+def finish_followed(
+    context: Context, settled: list[tuple[FollowRecord, Answer | BaseException]]
+) -> list[dict[str, Any]]:
+    """Answer the callers of calls a follower settled, exactly as their jobs would have: each one
+    JobResult stored and pushed to its reply key, the server's breaker closed on success, the call id
+    recorded and the follow records dropped — for the whole round in one transaction (ledger.finish_many)."""
+    ledger: Any = context.ledger
+    done, results = [], []
+    for record, outcome in settled:
+        ref, queued = record.call_ref, []
+        try:
+            answer = settle(ledger, ref, outcome, record=queued.append)
+        except BusError as exc:
+            exc.details.setdefault("health", context.health.get(record.server).state)
+            log.info("job.failed", request_id=record.request_id, op=record.op, server=record.server,
+                     outcome=exc.outcome.value, error=exc.message)  # fmt: skip
+            result = _result(record.request_id, record.op, record.server, exc, record.attempts, record.errors,
+                             record.mode)  # fmt: skip
+            healthy = False
+        else:
+            log.info("job.done", request_id=record.request_id, op=record.op, server=record.server,
+                     call_id=answer.call_id)  # fmt: skip
+            result = _success(record.request_id, record.op, record.server, answer, record.attempts, record.errors,
+                              record.mode)  # fmt: skip
+            healthy = True
+        done.append((record.request_id, result, record.reply_key, _closing(context, record, queued, healthy)))
+        results.append(result)
+    ledger.finish_many(done)
+    return results
+
+
+def _closing(context: Context, record: FollowRecord, refs: list[CallRef], healthy: bool) -> Callable[[Any], None]:
+    """The commands that go with a followed call's answer, in the same transaction."""
+
+    def add(pipe: Any) -> None:
+        for ref in refs:
+            context.ledger.record_call(ref, pipe)  # type: ignore[call-arg]
+        context.ledger.unfollow(record.type, record.request_id)(pipe)  # type: ignore[attr-defined]
+        if healthy:
+            context.health.success(record.server, pipe)
+
+    return add
+
+
+def _after_acceptance(ref: CallRef, exc: BaseException) -> OutcomeUnknown:
     """Whatever broke while following an accepted call, it may be ringing: outcome unknown, with
     the server and the id to hang up with."""
-    details = {**ref.handle, "server": adapter.name, "call_id": ref.call_id}
+    details = {**ref.handle, "server": ref.server, "call_id": ref.call_id}
     if isinstance(exc, OutcomeUnknown):
         for key, value in details.items():
             exc.details.setdefault(key, value)
         return exc
     why = exc.message if isinstance(exc, BusError) else f"{type(exc).__name__}: {exc}"
     return OutcomeUnknown(
-        f"{adapter.name} accepted the call ({ref.label}) but following it failed: {why}; it may still connect: "
-        f"end it with `ifbus hangup sip {adapter.name} call_id={ref.label}` if needed",
+        f"{ref.server} accepted the call ({ref.label}) but following it failed: {why}; it may still connect: "
+        f"end it with `ifbus hangup sip {ref.server} call_id={ref.label}` if needed",
         **details,
     )
 

@@ -24,8 +24,10 @@ from rq import Queue, SimpleWorker, worker_registration
 from rq.intermediate_queue import IntermediateQueue
 from rq.job import Job
 from rq.serializers import JSONSerializer
+from rq.worker.base import StopRequested
 from rq.worker_pool import WorkerPool
 
+from bus.keys import queue_type
 from bus.logging import get_logger
 from bus.queues import JOB_FUNCTION, queue_name
 from bus.redis_conn import from_url
@@ -146,6 +148,31 @@ class BusWorker(SimpleWorker):
             pipe.execute()
         log.warning("worker.registered_again", worker=self.name, queues=self.queue_names(),
                     reason="its registration vanished from Redis (a restart?)")  # fmt: skip
+
+    def work(self, burst: bool = False, *args: Any, **kwargs: Any) -> bool:
+        """RQ's loop with the process's call follower (workers.follower) beside it: it adopts orphaned
+        calls of these queues' types (not in burst mode), and once the loop stops (SIGTERM, burst done)
+        the calls still ringing are followed until they settle or the drain timeout passes."""
+        from workers.follower import process_follower
+
+        follower = process_follower(self.connection)
+        follower.serve([queue_type(q) for q in self.queue_names()], adopt=not burst)
+        try:
+            return super().work(burst, *args, **kwargs)
+        finally:
+            if burst or self._shutdown_requested_date is not None:
+                follower.drain()
+
+    def dequeue_job_and_maintain_ttl(self, timeout: int | None, max_idle_time: int | None = None) -> Any:
+        """Backpressure: with `max_inflight` calls followed, take no job until one settles."""
+        from workers.follower import current
+
+        follower = current()
+        while follower is not None and not follower.wait_for_room(1.0):
+            self.heartbeat()
+            if self._stop_requested:
+                raise StopRequested()
+        return super().dequeue_job_and_maintain_ttl(timeout, max_idle_time)
 
 
 class BusWorkerPool(WorkerPool):

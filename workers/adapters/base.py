@@ -26,7 +26,7 @@ from bus.server import ServerEntry
 from bus.vendors import vendor
 
 Until = Literal["answered", "accepted"]
-__all__ = ["Adapter", "Answer", "CallRef", "Session", "Until"]
+__all__ = ["Adapter", "Answer", "CallRef", "Pending", "Session", "Until"]
 
 
 @dataclass
@@ -36,6 +36,21 @@ class Answer:
     message: str
     call_id: str | None = None
     data: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(eq=False)
+class Pending:
+    """A call the process's follower (workers.follower) waits on, as a batched poll sees it.
+
+    `since` is when the server accepted the call (time.monotonic(); for an adopted call, estimated
+    from the ledger's wall-clock record), so an adapter's own timers (Kamailio's fr_timer) keep
+    counting across a worker's death; `notes` is the adapter's memory between two polls.
+    """
+
+    ref: CallRef
+    since: float
+    deadline: float
+    notes: dict[str, Any] = field(default_factory=dict)
 
 
 class Session(abc.ABC):
@@ -94,6 +109,25 @@ class Adapter(abc.ABC):
     def hangup(self, call_id: str, ref: CallRef | None, extras: dict[str, str]) -> Answer:
         """End a call. `ref` is the ledger's record when the bus placed it (else None: the user's id
         alone). Idempotent: a call that already ended answers `self.already_ended(...)`."""
+
+    #: seconds between two `poll_many` rounds; None: no batched poll, the follower runs `follow` (or
+    #: `recover`) in a helper thread per call instead (right for event-driven sessions: AMI, ESL).
+    poll_interval: ClassVar[float | None] = None
+
+    def poll_many(self, calls: list[Pending]) -> list[Answer | BaseException | None]:
+        """One look at many calls of this server, in as few requests as the API allows (Kamailio:
+        one htable dump): per call an Answer (answered), an exception (CallRejected, or what went
+        wrong — workers.jobs applies the after-acceptance rule), or None (still ringing). Only
+        called when `poll_interval` is set; it must not wait longer than one request."""
+        raise NotImplementedError(f"{self.type} has no batched poll")
+
+    def recover(self, ref: CallRef, deadline: float) -> Answer:
+        """Follow a call this process did not place (its worker died; the follower adopted it from the
+        ledger) to its end from the server's own state, never by sending anything that could place it
+        again. The default is `follow`, right for vendors whose follow reads server state (polls); an
+        adapter whose follow only listens for events that may already have passed must override it
+        with a look at the channel or call resource first."""
+        return self.follow(ref, deadline)
 
     def accepted(self, ref: CallRef) -> Answer:
         """The answer for `--until accepted`: the server took the call, nobody waited for it to ring."""
