@@ -9,8 +9,8 @@ machinery, hung up, and a timeline is printed (ms since the request was submitte
 Everything lives in one temporary folder and in child processes started in sessions of their own;
 all of it is stopped and removed on the way out — success, failure, Ctrl-C or SIGTERM alike — so
 nothing is left behind (tests/integration/test_demo.py checks). Ports are picked free on 127.0.0.1
-at run time; nothing binds another address. The process handling follows tests/lab.py (which the
-test suite uses and which is not installed with the package).
+at run time; nothing binds another address. The process handling is producer/processes.py, which
+the test suite's labs (tests/lab.py) use too.
 """
 
 from __future__ import annotations
@@ -35,8 +35,9 @@ from pathlib import Path
 from typing import Any
 
 from bus.errors import BusError, InvalidInput, Unreachable
+from producer.processes import free_port, terminate, udp_bound, which
+from producer.processes import spawn as _spawn
 
-SBIN = ("/usr/sbin", "/usr/local/sbin", "/sbin")
 CONFIG = Path("deploy/kamailio/kamailio.cfg")
 SCENARIOS = Path("tests/sipp")  # the lab's phones: refer_uas.xml (first party), answer_uas.xml
 READY_SECONDS = 20.0
@@ -60,10 +61,6 @@ class Lab:
 # ---------------------------------------------------------------- where things are
 
 
-def _which(name: str) -> str | None:
-    return shutil.which(name) or shutil.which(name, path=os.pathsep.join(SBIN))
-
-
 def checkout() -> Path:
     """The source tree the config and the phones' scenarios come from: the folder the virtualenv
     lives in (deploy/install.sh makes ./.venv), the package's own tree (editable install), or the
@@ -76,38 +73,6 @@ def checkout() -> Path:
     raise InvalidInput(
         f"cannot find {CONFIG} and {SCENARIOS}/ (run the demo from the IF.bus checkout, or set IFBUS_DEMO_ROOT)"
     )
-
-
-def free_port(kinds: tuple[int, ...] = (socket.SOCK_DGRAM, socket.SOCK_STREAM), span: int = 1) -> int:
-    """A loopback port (and the `span - 1` after it) free right now for every socket kind asked."""
-    for _ in range(200):
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
-            probe.bind(("127.0.0.1", 0))
-            base = probe.getsockname()[1]
-        if base + span <= 65535 and all(_free(p, kinds) for p in range(base, base + span)):
-            return base
-    raise Unreachable("no free loopback port")
-
-
-def _free(port: int, kinds: tuple[int, ...]) -> bool:
-    for kind in kinds:
-        with socket.socket(socket.AF_INET, kind) as sock:
-            try:
-                sock.bind(("127.0.0.1", port))
-            except OSError:
-                return False
-    return True
-
-
-def _udp_bound(port: int) -> bool:
-    """Whether something bound 127.0.0.1:port/udp (read from /proc: a probe bind could race the
-    process that is starting)."""
-    needle = f"0100007F:{port:04X}"
-    try:
-        with open("/proc/net/udp") as table:
-            return any(line.split()[1] == needle for line in list(table)[1:])
-    except OSError:
-        return False
 
 
 def wait_for(check: Callable[[], bool], seconds: float, what: str, proc: subprocess.Popen[bytes] | None = None) -> None:
@@ -124,27 +89,10 @@ def wait_for(check: Callable[[], bool], seconds: float, what: str, proc: subproc
 
 
 def spawn(lab: Lab, name: str, argv: list[str], env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
-    """A child in a session of its own (a terminal's Ctrl-C reaches only the demo, which stops them
-    in order), its output in the work folder."""
-    with open(lab.workdir / f"{name}.log", "wb") as log:
-        proc = subprocess.Popen(
-            argv, cwd=lab.workdir, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-            start_new_session=True, env=env,
-        )  # fmt: skip
+    """A child in a session of its own, its output in the work folder, remembered for the clean-up."""
+    proc = _spawn(argv, lab.workdir / f"{name}.log", lab.workdir, env)
     lab.procs[name] = proc
     return proc
-
-
-def stop(proc: subprocess.Popen[bytes], grace: float = 5.0) -> None:
-    """TERM, then KILL the whole process group (kamailio forks workers that would keep the ports)."""
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            proc.wait(grace)
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(proc.pid, signal.SIGKILL)
-    with contextlib.suppress(subprocess.TimeoutExpired):
-        proc.wait(5)
 
 
 @contextlib.contextmanager
@@ -163,7 +111,7 @@ def cleaned_up(lab: Lab) -> Iterator[Lab]:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         try:
             for proc in reversed(list(lab.procs.values())):
-                stop(proc)
+                terminate(proc)
             shutil.rmtree(lab.workdir, ignore_errors=True)
         finally:
             for signum, handler in previous.items():
@@ -174,10 +122,10 @@ def cleaned_up(lab: Lab) -> Iterator[Lab]:
 
 
 def start_kamailio(lab: Lab, root: Path, token: str) -> tuple[int, int]:
-    binary = _which("kamailio")
+    binary = which("kamailio")
     if binary is None:
         raise Unreachable(f"kamailio is not installed: {INSTALL_HINT}")
-    sip_port, http_port = free_port(), free_port((socket.SOCK_STREAM,))
+    sip_port, http_port = free_port(), free_port(udp=False)
     run = lab.workdir / "run"
     run.mkdir()
     proc = spawn(lab, "kamailio", [
@@ -205,13 +153,13 @@ class Phone:
     """One SIPp user agent on loopback, and what it has received so far (its -trace_msg log)."""
 
     def __init__(self, lab: Lab, root: Path, name: str, scenario: str, kamailio_port: int) -> None:
-        binary = _which("sipp")
+        binary = which("sipp")
         if binary is None:
             raise Unreachable(f"sipp is not installed: {INSTALL_HINT}")
         self.name = name
-        self.port = free_port((socket.SOCK_DGRAM,))
+        self.port = free_port(tcp=False)
         self.messages = lab.workdir / f"{name}.msg.log"
-        media, control = free_port((socket.SOCK_DGRAM,), span=4), free_port((socket.SOCK_DGRAM,))
+        media, control = free_port(tcp=False, span=4), free_port(tcp=False)
         self.proc = spawn(lab, f"phone-{name}", [
             binary, "-sf", str(root / SCENARIOS / scenario), "-s", name, "-i", "127.0.0.1", "-p", str(self.port),
             "-mp", str(media), "-ci", "127.0.0.1", "-cp", str(control), "-nostdin",
@@ -221,7 +169,7 @@ class Phone:
         ])  # fmt: skip
 
     def wait_ready(self) -> None:
-        wait_for(lambda: _udp_bound(self.port), READY_SECONDS, f"SIPp phone {self.name}", self.proc)
+        wait_for(lambda: udp_bound(self.port), READY_SECONDS, f"SIPp phone {self.name}", self.proc)
 
     @property
     def uri(self) -> str:
@@ -286,11 +234,11 @@ class Timeline:
 def start_queue(lab: Lab, home: Path, say: Callable[[str], None]) -> str | None:
     """A private redis-server and one `ifbus worker kamailio`: the Redis URL, or None (embedded mode)
     when either cannot start — the demo then says why and runs the job in this process."""
-    binary = _which("redis-server")
+    binary = which("redis-server")
     if binary is None:
         say("no redis-server installed: the call runs embedded (in this process)")
         return None
-    port = free_port((socket.SOCK_STREAM,))
+    port = free_port(udp=False)
     url = f"redis://127.0.0.1:{port}/0"
     try:
         redis = spawn(lab, "redis", [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",

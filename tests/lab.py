@@ -17,19 +17,16 @@ Rules it follows (see /work/shared/kamailio-lab.md, sections 3 and 7):
 * every class is a context manager, and an ``atexit`` hook stops anything a
   crashed test left running.
 
-Only the standard library and httpx are used.
+Binaries, free ports and child processes are handled by producer/processes.py
+(``ifbus demo`` starts the same processes); besides it, only the standard
+library and httpx are used.
 """
 
 from __future__ import annotations
 
 import atexit
-import contextlib
 import itertools
-import os
 import re
-import shutil
-import signal
-import socket
 import subprocess
 import time
 from collections.abc import Callable
@@ -39,11 +36,12 @@ from typing import Any, Self, TypeVar
 
 import httpx
 
+from producer.processes import free_port, spawn, terminate, udp_bound, which
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 KAMAILIO_CFG = REPO_ROOT / "deploy" / "kamailio" / "kamailio.cfg"
 SIPP_DIR = Path(__file__).resolve().parent / "sipp"
 
-_EXTRA_PATHS = ("/usr/sbin", "/usr/local/sbin", "/sbin")
 _TOKEN_RE = re.compile(r"^[A-Za-z0-9._~+/=-]+$")
 _T = TypeVar("_T")
 
@@ -53,23 +51,14 @@ _T = TypeVar("_T")
 # --------------------------------------------------------------------------
 
 
-def _which(name: str) -> str | None:
-    """Find a binary on PATH, then in the sbin dirs (kamailio lives in /usr/sbin,
-    which is often not on a non-root PATH)."""
-    found = shutil.which(name)
-    if found:
-        return found
-    return shutil.which(name, path=os.pathsep.join(_EXTRA_PATHS))
-
-
 def kamailio_binary() -> str | None:
     """Path of the kamailio binary, or None."""
-    return _which("kamailio")
+    return which("kamailio")
 
 
 def sipp_binary() -> str | None:
     """Path of the sipp binary, or None."""
-    return _which("sipp")
+    return which("sipp")
 
 
 def kamailio_available() -> bool:
@@ -83,60 +72,8 @@ def sipp_available() -> bool:
 
 
 # --------------------------------------------------------------------------
-# ports and polling
+# polling (free_port is producer.processes')
 # --------------------------------------------------------------------------
-
-_handed_out: set[int] = set()
-
-
-def _is_free(port: int, *, udp: bool, tcp: bool) -> bool:
-    kinds = ([socket.SOCK_DGRAM] if udp else []) + ([socket.SOCK_STREAM] if tcp else [])
-    for kind in kinds:
-        with socket.socket(socket.AF_INET, kind) as s:
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:
-                return False
-    return True
-
-
-def _udp_bound(port: int) -> bool:
-    """True if some process has a UDP socket bound to 127.0.0.1:``port``.
-
-    Read from /proc/net/udp instead of trying to bind the port ourselves:
-    a probe bind could race with the process that is starting and make it
-    fail with "address already in use".
-    """
-    needle = f"0100007F:{port:04X}"
-    try:
-        with open("/proc/net/udp") as table:
-            return any(line.split()[1] == needle for line in list(table)[1:])
-    except OSError:
-        return False
-
-
-def free_port(*, udp: bool = True, tcp: bool = True, span: int = 1) -> int:
-    """Return a loopback port that is free right now for UDP and/or TCP.
-
-    ``span`` > 1 asks for ``span`` consecutive free ports starting at the result
-    (SIPp's media port uses ``port`` and ``port + 2``; ask for span=4 so two
-    SIPp instances never collide).  Ports already returned by this process are
-    never returned again, which removes races between fixtures of one session;
-    other sessions are avoided because the kernel picks the candidate.
-    """
-    for _ in range(200):
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-            s.bind(("127.0.0.1", 0))
-            base = s.getsockname()[1]
-        if base + span > 65535:
-            continue
-        ports = range(base, base + span)
-        if any(p in _handed_out for p in ports):
-            continue
-        if all(_is_free(p, udp=udp, tcp=tcp) for p in ports):
-            _handed_out.update(ports)
-            return base
-    raise RuntimeError("no free loopback port found")
 
 
 def wait_for(probe: Callable[[], _T | None], timeout: float, interval: float = 0.05) -> _T | None:
@@ -161,32 +98,16 @@ _live: set[subprocess.Popen[bytes]] = set()
 
 def _spawn(argv: list[str], log_path: Path, cwd: Path) -> subprocess.Popen[bytes]:
     """Start ``argv`` in its own session (own process group), stdout+stderr to
-    ``log_path``, stdin closed."""
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen(
-            argv,
-            cwd=cwd,
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+    ``log_path``, stdin closed; stopped at exit if a test leaves it running."""
+    proc = spawn(argv, log_path, cwd)
     _live.add(proc)
     return proc
 
 
 def _terminate(proc: subprocess.Popen[bytes], grace: float = 5.0) -> None:
-    """SIGTERM the process, wait up to ``grace`` s, then SIGKILL its whole
-    process group (it was started as a group leader, so the group id is its
-    pid and only contains what it forked)."""
+    """SIGTERM, wait up to ``grace`` s, then SIGKILL its whole process group."""
     try:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                proc.wait(timeout=grace)
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=5)
+        terminate(proc, grace)
     finally:
         _live.discard(proc)
 
@@ -492,7 +413,7 @@ class SippUA(_LabProcess):
         def ready() -> bool:
             if self._proc is not None and self._proc.poll() is not None:
                 raise LabError(f"sipp {self.name} exited:\n{self._read(self.log_path)}")
-            return _udp_bound(self.port)
+            return udp_bound(self.port)
 
         if not wait_for(ready, self.ready_timeout, 0.02):
             self.stop()
