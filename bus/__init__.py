@@ -7,8 +7,9 @@ use (PEP 562), so `import bus.vendors` on the CLI's hot path does not pay for py
 
 from __future__ import annotations
 
-import importlib
 from typing import Any
+
+from bus.lazy import lazy_exports
 
 _HOMES = {
     "BusError": "bus.errors",
@@ -31,9 +32,8 @@ _HOMES = {
 }
 
 __all__ = sorted(_HOMES)
+_lazy = lazy_exports(__name__, _HOMES)
 
 
-def __getattr__(name: str) -> Any:
-    if name in _HOMES:
-        return getattr(importlib.import_module(_HOMES[name]), name)
-    raise AttributeError(f"module 'bus' has no attribute {name!r}")
+def __getattr__(name: str) -> Any:  # a def, so type checkers see the PEP 562 hook
+    return _lazy(name)

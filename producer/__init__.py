@@ -9,22 +9,20 @@ docs/producers-python.md has the runnable version. Names load on first use (PEP 
 
 from __future__ import annotations
 
-import importlib
 from typing import Any
+
+from bus.lazy import lazy_exports
 
 _HOMES = {
     "Producer": "producer.api",
     "job_status": "producer.api",
-    "TestRequest": "bus.models",
-    "CallRequest": "bus.models",
-    "HangupRequest": "bus.models",
-    "JobResult": "bus.models",
+    # the message models, from where bus exports them
+    **{name: "bus" for name in ("TestRequest", "CallRequest", "HangupRequest", "JobResult")},
 }
 
 __all__ = sorted(_HOMES)
+_lazy = lazy_exports(__name__, _HOMES)
 
 
-def __getattr__(name: str) -> Any:
-    if name in _HOMES:
-        return getattr(importlib.import_module(_HOMES[name]), name)
-    raise AttributeError(f"module 'producer' has no attribute {name!r}")
+def __getattr__(name: str) -> Any:  # a def, so type checkers see the PEP 562 hook
+    return _lazy(name)
