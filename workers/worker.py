@@ -124,7 +124,7 @@ class BusWorker(SimpleWorker):
         fields, a payload RQ cannot decode) raises out of here and would end the worker loop."""
         try:
             super().execute_job(job, queue)
-        except _REDIS_DOWN:
+        except (*_REDIS_DOWN, StopRequested):  # SIGTERM right after a job (RQ raises it from the handler)
             raise
         except Exception as exc:
             log.error("job.unreadable", job_id=show(job.id, 80), queue=queue.name, error=show(str(exc), 200))
