@@ -247,3 +247,20 @@ def wait_for_value(probe: Any, timeout: float) -> bool:
             return True
         time.sleep(0.02)
     return bool(probe())
+
+
+def test_a_failed_handoff_leaves_the_call_to_its_job(redis: Redis, monkeypatch: pytest.MonkeyPatch) -> None:
+    from redis.exceptions import ConnectionError as RedisConnectionError
+
+    adapter = polled("kam")
+    adapter.script["follow"] = [Answer("up", call_id="in-job-1", data={"sip_code": 200})]
+    follower = Follower(redis)
+
+    def refused(*args: Any) -> None:
+        raise RedisConnectionError("Redis went away")
+
+    monkeypatch.setattr(follower.ledger, "follow", refused)
+    done = submit(redis, follower, "kam", "req-handoff-failed")
+    assert done["call_id"] == "in-job-1" and done["exit_code"] == 0  # followed in the job, answered once
+    assert follower.inflight == 0 and adapter.placed == 1
+    assert json.loads(redis.lpop("ifbus:reply:req-handoff-failed"))["call_id"] == "in-job-1"

@@ -384,8 +384,11 @@ def _place(
     if until == "accepted":
         return adapter.accepted(ref)
     if handoff is not None:
-        handoff(adapter, ref, done)
-        return FOLLOWED
+        try:
+            handoff(adapter, ref, done)
+            return FOLLOWED
+        except Exception as exc:  # Redis refused the follow record: this job follows the call itself
+            log.warning("job.handoff_failed", request_id=request_id, server=adapter.name, error=type(exc).__name__)
     try:
         outcome: Answer | BaseException = adapter.follow(ref, deadline)
     except Exception as exc:
