@@ -123,7 +123,7 @@ def bus_throughput(redis: Any, jobs: int) -> float:
     from bus.queues import JOB_FUNCTION
 
     queue = Queue("sip.kamailio", connection=redis, serializer=JSONSerializer)
-    requests = [TestRequest(server="peer", submitted_at=time.time()) for _ in range(jobs)]
+    requests = [TestRequest(server="peer").rerouted(submitted_at=time.time()) for _ in range(jobs)]
     start_at = time.perf_counter()
     with redis.pipeline() as pipe:
         for request in requests:
