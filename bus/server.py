@@ -22,6 +22,9 @@ FIELDS = ("type", "auth", "host", "port", "pool", "options")
 COUNT_OPTIONS = frozenset({"attempts", "breaker_threshold"})
 MAX_SECONDS = 86400.0
 MAX_COUNT = 1000
+# Calls per second and calls at once per server (bus.ratelimit); large carriers sell thousands.
+LIMIT_OPTIONS = frozenset({"cps", "max_concurrent"})
+MAX_LIMIT = 100_000
 
 
 @dataclass(frozen=True)
@@ -177,6 +180,12 @@ def check_option_number(key: str, value: str, default: str | None) -> None:
     if key in COUNT_OPTIONS:
         if not math.isfinite(number) or not number.is_integer() or not 1 <= number <= MAX_COUNT:
             raise InvalidInput(f"option {key}={show(value)}: expected a whole number 1-{MAX_COUNT}")
+        return
+    if key in LIMIT_OPTIONS:  # bus.ratelimit: 0 means "no limit"
+        whole = key == "max_concurrent"
+        if not math.isfinite(number) or number < 0 or number > MAX_LIMIT or (whole and not number.is_integer()):
+            kind = "a whole number" if whole else "a number"
+            raise InvalidInput(f"option {key}={show(value)}: expected {kind} 0-{MAX_LIMIT} (0: no limit)")
         return
     if not math.isfinite(number) or not 0 < number <= MAX_SECONDS:
         raise InvalidInput(f"option {key}={show(value)}: expected a number of seconds > 0 and ≤ {MAX_SECONDS:.0f}")

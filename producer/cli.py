@@ -568,11 +568,14 @@ def job(job_id: str, as_json: bool) -> None:
 @click.option("--metrics-port", type=click.IntRange(0, 65535), envvar="IFBUS_METRICS_PORT", default=None,
               help="Serve Prometheus /metrics on this port for all --concurrency processes (IFBUS_METRICS_PORT).")
 @click.option("--metrics-addr", envvar="IFBUS_METRICS_ADDR", default="0.0.0.0", show_default=True,
-              help="Address /metrics listens on (IFBUS_METRICS_ADDR).")  # fmt: skip
+              help="Address /metrics listens on (IFBUS_METRICS_ADDR).")
+@click.option("--max-inflight", type=click.IntRange(1, 100_000), envvar="IFBUS_MAX_INFLIGHT", default=None,
+              help="Calls one process follows at once; at the cap it takes no job until one settles "
+                   "(IFBUS_MAX_INFLIGHT, default 1000).")  # fmt: skip
 @json_option
 @guarded
 def worker(types: tuple[str, ...], concurrency: int, burst: bool, metrics_port: int | None, metrics_addr: str,
-           as_json: bool) -> None:  # fmt: skip
+           max_inflight: int | None, as_json: bool) -> None:  # fmt: skip
     """Run RQ workers for vendor queues (all types by default).
 
     SIGTERM finishes the current job, then exits. Logs are JSON lines on stderr.
@@ -590,6 +593,10 @@ def worker(types: tuple[str, ...], concurrency: int, burst: bool, metrics_port: 
 
     for type_ in types:
         vendor(type_)
+    if max_inflight is not None:  # read by each worker process's follower, --concurrency children included
+        import os
+
+        os.environ["IFBUS_MAX_INFLIGHT"] = str(max_inflight)
     settings = Settings()
     configure(settings.log_level)
     connect(settings.effective_redis_url, "the worker needs it")  # a clear exit 4 rather than RQ's traceback
