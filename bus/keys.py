@@ -56,6 +56,18 @@ def reply(request_id: str) -> str:
     return REPLY_PREFIX + request_id
 
 
+def waiter_reply(request_id: str, token: str) -> str:
+    """A duplicate submitter's own reply list: `ifbus:reply:<request_id>:<12 hex>`."""
+    return f"{reply(request_id)}:{token}"
+
+
+def is_waiter_reply(request_id: str, key: str) -> bool:
+    """Whether `key` has that form for this request: the only keys a result is ever pushed to besides
+    `reply(request_id)`, whatever else someone with Redis access put in the waiters set."""
+    token = key.removeprefix(reply(request_id) + ":")
+    return token != key and len(token) == 12 and all(c in "0123456789abcdef" for c in token)
+
+
 def request(request_id: str) -> str:
     return f"{PREFIX}request:{request_id}"
 

@@ -218,8 +218,9 @@ class RedisLedger:
             pipe.delete(keys.lease(request_id))
         replies = pipe.execute()
         pipe = self.redis.pipeline()
-        for spot, body, reply_key in spots:
-            for key in {k.decode() for k in replies[spot]} - {reply_key}:
+        for (request_id, *_), (spot, body, reply_key) in zip(done, spots, strict=True):
+            waiters = {k.decode(errors="replace") for k in replies[spot]} - {reply_key}
+            for key in (k for k in waiters if keys.is_waiter_reply(request_id, k)):
                 pipe.lpush(key, body)
                 pipe.expire(key, keys.REPLY_TTL_SECONDS)
         if len(pipe):

@@ -27,6 +27,7 @@ from typing import Any
 from redis import Redis
 from redis.exceptions import RedisError
 
+from bus import keys
 from bus.errors import OutcomeUnknown, Unreachable
 from bus.models import BaseRequest, JobResult
 from bus.queues import queue_name, reply_key
@@ -136,7 +137,7 @@ class Producer:
             done = ledger.result(rid)
             if done is not None:
                 return JobResult.model_validate(done)
-            key = f"{reply_key(rid)}:{uuid.uuid4().hex[:12]}"
+            key = keys.waiter_reply(rid, uuid.uuid4().hex[:12])
             ledger.add_waiter(rid, key)
         return self._wait(redis, ledger, key, request, queue)
 

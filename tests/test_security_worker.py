@@ -191,3 +191,21 @@ def test_workers_register_again_after_a_redis_restart(own_redis: RedisServer, tm
             assert code == 0, data
         finally:
             assert worker.stop() == 0, worker.log()[-3000:]
+
+
+def test_a_forged_waiter_never_receives_a_result(redis_url: str) -> None:
+    """Anyone with Redis access can add keys to `ifbus:waiters:<id>`; the worker pushes the result only
+    to the request's own reply key and to duplicate submitters' `ifbus:reply:<id>:<12 hex>` lists."""
+    from redis import Redis
+
+    from bus import keys
+    from bus.ledger import RedisLedger
+
+    redis = Redis.from_url(redis_url)
+    rid = "req-forged-waiter-1"
+    good = keys.waiter_reply(rid, "0123456789ab")
+    forged = ["rq:queue:sip.kamailio", keys.reply("someone-else-1"), keys.reply(rid) + ":NOT-HEX-TOKEN", "x"]
+    redis.sadd(keys.waiters(rid), good, *forged)
+    RedisLedger(redis).finish(rid, {"request_id": rid, "exit_code": 0}, keys.reply(rid))
+    assert redis.llen(keys.reply(rid)) == 1 and redis.llen(good) == 1
+    assert all(not redis.exists(key) for key in forged)
