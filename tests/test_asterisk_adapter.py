@@ -338,7 +338,8 @@ def _cli(*args: str) -> tuple[int, str]:
 def test_queue_mode_failover_and_a_warm_worker(start_worker, queue_mode: str) -> None:
     """ami_originate_answered_transcript.txt through a real `ifbus worker asterisk`: myast1 refuses
     connections, so the call fails over to myast2 (the spec's pair); later jobs on the same worker
-    reuse its AMI session (one Login), and hangup goes to the server the CallRef names."""
+    reuse its AMI session (one Login), hangup goes to the server the CallRef names, and SIGTERM ends
+    the session with a Logoff (workers.pool closes every session when the worker stops)."""
     with AmiPeer(noise=True) as peer:
         with AmiPeer() as gone:
             dead_port = gone.port
@@ -346,7 +347,7 @@ def test_queue_mode_failover_and_a_warm_worker(start_worker, queue_mode: str) ->
             code, out = _cli("add", "sip", name, "--type", "asterisk", "--auth", "user=admin", "secret=pass123",
                              "--port", str(port))  # fmt: skip
             assert code == 0, out
-        start_worker("asterisk")
+        worker = start_worker("asterisk")
         code, data = _cli("call", "sip", "myast1", "from=PJSIP/sipp", "to=2000", "--json")
         assert code == 0, data
         assert data["server"] == "myast2" and data["mode"] == "queue"
@@ -358,3 +359,6 @@ def test_queue_mode_failover_and_a_warm_worker(start_worker, queue_mode: str) ->
         assert code == 0, data
         assert peer.logins == 1 and len(peer.actions) == 1
         assert peer.count("Originate") == 1 and peer.count("Hangup") == 1
+        assert peer.count("Logoff") == 0
+        assert worker.stop() == 0  # SIGTERM: the worker closes its sessions on the way out
+        assert peer.count("Logoff") == 1, peer.actions

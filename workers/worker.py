@@ -162,6 +162,11 @@ class BusWorker(SimpleWorker):
         finally:
             if burst or self._shutdown_requested_date is not None:
                 follower.drain()
+                # The sessions go last, once no followed call needs them: servers see a logoff
+                # (AMI/ESL) or a closed keep-alive, not a dropped socket.
+                from workers.pool import POOL
+
+                POOL.close_all()
 
     def dequeue_job_and_maintain_ttl(self, timeout: int | None, max_idle_time: int | None = None) -> Any:
         """Backpressure: with `max_inflight` calls followed, take no job until one settles."""
