@@ -109,6 +109,24 @@ class OpensipsAdapter(Adapter):
 
     def follow(self, ref: CallRef, deadline: float) -> Answer:
         """Poll the recorded leg codes until both legs answered or one refused."""
+        try:
+            return self._follow(ref, deadline)
+        except (OutcomeUnknown, Unreachable) as exc:
+            if time.monotonic() < deadline or "still in progress" in exc.message:
+                raise
+            # A poll cut short by the caller's deadline says only that the wait ended, not that MI failed.
+            raise self._in_progress(ref.handle["tag"], ref.handle.get("key") or ref.call_id) from None
+
+    def _in_progress(self, tag: str, key: str | None) -> OutcomeUnknown:
+        return OutcomeUnknown(
+            f"call setup on {self.name} still in progress when the wait ended (b2b key {key or '?'}, "
+            f"tag {tag}); it may still connect",
+            tag=tag,
+            call_id=key,
+            server=self.name,
+        )
+
+    def _follow(self, ref: CallRef, deadline: float) -> Answer:
         tag = ref.handle["tag"]
         key = ref.handle.get("key") or ref.call_id
         poll = self.option_float("poll_interval")
@@ -138,13 +156,7 @@ class OpensipsAdapter(Adapter):
                         server=self.name,
                     )
             if time.monotonic() + poll >= deadline:
-                raise OutcomeUnknown(
-                    f"call setup on {self.name} still in progress when the wait ended (b2b key {key or '?'}, "
-                    f"tag {tag}); it may still connect",
-                    tag=tag,
-                    call_id=key,
-                    server=self.name,
-                )
+                raise self._in_progress(tag, key)
             time.sleep(poll)
 
     def hangup(self, call_id: str, ref: CallRef | None, extras: dict[str, str]) -> Answer:
