@@ -73,6 +73,10 @@ class Registry(Protocol):
     def remove(self, name: str) -> ServerEntry: ...
 
 
+# path → ((inode, size, mtime_ns), parsed entries): FileRegistry._parsed's cache, per process.
+_PARSED: dict[Path, tuple[tuple[int, int, int], dict[str, ServerEntry]]] = {}
+
+
 class FileRegistry:
     """A JSON file in the spec's shape, `name → {"type", "auth", …}`.
 
@@ -93,7 +97,24 @@ class FileRegistry:
         return entries[name]
 
     def entries(self) -> dict[str, ServerEntry]:
-        return {name: for_use(name, entry) for name, entry in self._parse(self._read()).items()}
+        return {name: for_use(name, entry) for name, entry in self._parsed().items()}
+
+    def _parsed(self) -> dict[str, ServerEntry]:
+        """The file's entries, parsed again only when the file changed. A worker reads the registry
+        for every job; writes replace the file (a new inode), so (inode, size, mtime) tells a change."""
+        try:
+            stat = self.path.stat()
+        except FileNotFoundError:
+            return {}
+        except OSError:
+            return self._parse(self._read())  # _read reports why
+        stamp = (stat.st_ino, stat.st_size, stat.st_mtime_ns)
+        cached = _PARSED.get(self.path)
+        if cached is not None and cached[0] == stamp:
+            return cached[1]
+        parsed = self._parse(self._read())
+        _PARSED[self.path] = (stamp, parsed)
+        return parsed
 
     def add(self, name: str, entry: ServerEntry, replace: bool = False) -> None:
         check_name(name)
