@@ -57,7 +57,10 @@ def collect(redis: Any, entries: dict[str, ServerEntry], types: tuple[str, ...] 
             "workers": sorted(workers, key=lambda w: (w["host"] or "", w["pid"] or 0)),
             "failed": FailedJobRegistry(queue=queue).count,
         })  # fmt: skip
+    from bus.ratelimit import Limits, RedisLimiter
+
     health = RedisHealth(redis).get_many(list(entries))
+    limiter = RedisLimiter(redis)
     servers = []
     for name, entry in entries.items():
         state = health[name]
@@ -72,6 +75,7 @@ def collect(redis: Any, entries: dict[str, ServerEntry], types: tuple[str, ...] 
             "reason": state.reason or None,
             "opened_at": _iso(state.opened_at) if state.opened_at else None,
             "last_probe_at": _iso(state.opened_at) if probed else None,
+            "rate": _rate(limiter, name, Limits.of(name, entry.effective_options)),
         })  # fmt: skip
     return {
         "queues": queues,
@@ -79,6 +83,12 @@ def collect(redis: Any, entries: dict[str, ServerEntry], types: tuple[str, ...] 
         "failed_jobs": sum(q["failed"] for q in queues),
         "workers": sum(len(q["workers"]) for q in queues),
     }
+
+
+def _rate(limiter: Any, name: str, limits: Any) -> dict[str, Any] | None:
+    """The server's call-rate bucket (bus.ratelimit): its limits, calls in the window, waiting; None
+    when the server has no limit."""
+    return limiter.view(name, limits) if limits.active else None
 
 
 def _worker(worker: Any, now: float) -> dict[str, Any]:
@@ -135,14 +145,27 @@ def render(report: dict[str, Any]) -> str:
             for queue, w in workers
         ])]  # fmt: skip
     if report["servers"]:
-        lines += ["", *_table([("SERVER", "TYPE", "BREAKER", "FAILURES", "LAST PROBE", "REASON")] + [
-            (s["name"], s["type"], s["breaker"], str(s["failures"]), s["last_probe_at"] or "-",
+        lines += ["", *_table([("SERVER", "TYPE", "BREAKER", "FAILURES", "LAST PROBE", "RATE", "REASON")] + [
+            (s["name"], s["type"], s["breaker"], str(s["failures"]), s["last_probe_at"] or "-", _rate_cell(s["rate"]),
              (s["reason"] or "")[:60])
             for s in report["servers"]
         ])]  # fmt: skip
     else:
         lines += ["", "No servers registered."]
     return "\n".join(lines)
+
+
+def _rate_cell(rate: dict[str, Any] | None) -> str:
+    if rate is None:
+        return "-"
+    parts = [f"{rate['sent_in_window']}/{rate['cps']:g} cps"] if rate["cps"] else []
+    if rate["max_concurrent"]:
+        parts.append(f"{rate['in_flight']}/{rate['max_concurrent']} live")
+    if rate["waiting"]:
+        parts.append(f"{rate['waiting']} waiting")
+    if rate["paused_s"]:
+        parts.append(f"paused {rate['paused_s']:g}s")
+    return ", ".join(parts)
 
 
 def _table(rows: list[tuple[str, ...]]) -> list[str]:

@@ -59,3 +59,22 @@ def test_cli_status_json_is_one_object_and_no_redis_is_exit_4(redis_url: str, if
 @pytest.mark.parametrize("args", [["status", "--timeout", "0"], ["status", "extra"]])
 def test_cli_status_bad_usage_is_exit_2(args: list[str]) -> None:
     assert subprocess.run([IFBUS, *args], capture_output=True, text=True).returncode == 2
+
+
+def test_status_shows_each_servers_rate_bucket(redis_url: str, ifbus_env: Path) -> None:
+    """Issue 17: `ifbus status` shows each bucket's rate and what waits on it (bus.ratelimit's view)."""
+    from bus.ratelimit import Limits, RedisLimiter
+
+    redis = Redis.from_url(redis_url)
+    limited = ServerEntry.build("twilio", {"account_sid": "AC" + "0" * 32, "auth_token": "t" * 32},
+                                options={"cps": "2", "max_concurrent": "3"})  # fmt: skip
+    free = ServerEntry.build("kamailio", {"token": "tok-1234567"}, options={"cps": "0"})
+    limiter, limits = RedisLimiter(redis), Limits.of("tw", limited.effective_options)
+    assert limiter.take("tw", "call-1", limits, 30).granted and limiter.take("tw", "call-2", limits, 30).granted
+    assert not limiter.take("tw", "call-3", limits, 30).granted  # a third within the second waits
+    servers = {s["name"]: s for s in collect(redis, {"tw": limited, "kam": free})["servers"]}
+    assert servers["kam"]["rate"] is None
+    rate = servers["tw"]["rate"]
+    assert (rate["cps"], rate["max_concurrent"], rate["sent_in_window"], rate["waiting"]) == (2, 3, 2, 1)
+    text = render({"redis": redis_url, "registry": "file", **collect(redis, {"tw": limited})})
+    assert "2/2 cps" in text and "1 waiting" in text
