@@ -10,6 +10,7 @@ OpenSIPS 3.4 has no built-in module path (deploy/opensips/README.md).
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import time
@@ -21,6 +22,7 @@ import pytest
 
 from bus.errors import CallRejected
 from bus.server import ServerEntry
+from tests.conftest import BIN as IFBUS_BIN
 from tests.lab import SippUA, _terminate, free_port, sipp_available, wait_for
 from workers.adapters.opensips import OpensipsAdapter
 
@@ -153,3 +155,32 @@ def test_busy_callee_is_486(lab: tuple[OpenSips, dict[str, SippUA]]) -> None:
     with pytest.raises(CallRejected) as err:
         ad.follow(ref, time.monotonic() + 20)
     assert err.value.sip_code == 486 and err.value.exit_code == 5 and err.value.details["leg"] == "to"
+
+
+def test_queue_mode_call_and_hangup_through_ifbus_worker(
+    lab: tuple[OpenSips, dict[str, SippUA]], start_worker, queue_mode: str
+) -> None:
+    """The spec's lines through a real `ifbus worker opensips` (private Redis): call → exit 0 with the
+    b2b key, each party one INVITE; hangup through the CallRef → both parties get a BYE."""
+    server, ua = lab
+    a, b = ua["alice"], ua["bob"]
+    add = _cli(
+        "add", "sip", "myopensips", "opensips", "--auth", "user=admin", "secret=pass", "domain=127.0.0.1",
+        "--host", "127.0.0.1", "--port", str(server.http_port), "--opt", f"sip_port={server.sip_port}",
+    )  # fmt: skip
+    assert add.returncode == 0, add.stderr
+    start_worker("opensips")
+    invites, byes = (a.received("INVITE"), b.received("INVITE")), (a.received("BYE"), b.received("BYE"))
+    called = _cli("call", "sip", "myopensips", f"from={party(a)}", f"to={party(b)}", "--json")
+    result = json.loads(called.stdout)
+    assert called.returncode == 0 and result["mode"] == "queue" and result["call_id"], called.stderr
+    assert (a.received("INVITE"), b.received("INVITE")) == (invites[0] + 1, invites[1] + 1)
+    hung = _cli("hangup", "sip", "myopensips", f"call_id={result['call_id']}", "--json")
+    assert hung.returncode == 0, hung.stderr
+    assert a.wait_received("BYE", byes[0] + 1) and b.wait_received("BYE", byes[1] + 1)
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(IFBUS_BIN / "ifbus"), *args], capture_output=True, text=True, timeout=60, env=dict(os.environ)
+    )
