@@ -77,7 +77,21 @@ class Registry(Protocol):
 _PARSED: dict[Path, tuple[tuple[int, int, int], dict[str, ServerEntry]]] = {}
 
 
-class FileRegistry:
+class ByName:
+    """`get` through `entries`: one lookup rule (name checked, `Not found: NAME`) for every backend."""
+
+    def entries(self) -> dict[str, ServerEntry]:
+        raise NotImplementedError
+
+    def get(self, name: str) -> ServerEntry:
+        check_name(name)
+        entries = self.entries()
+        if name not in entries:
+            raise NotFound(f"Not found: {name}")
+        return entries[name]
+
+
+class FileRegistry(ByName):
     """A JSON file in the spec's shape, `name → {"type", "auth", …}`.
 
     Writes go to a temp file in the same folder, are fsynced, then renamed over the old file, all
@@ -88,13 +102,6 @@ class FileRegistry:
     def __init__(self, folder: Path) -> None:
         self.folder = folder
         self.path = folder / FILE_NAME
-
-    def get(self, name: str) -> ServerEntry:
-        check_name(name)
-        entries = self.entries()
-        if name not in entries:
-            raise NotFound(f"Not found: {name}")
-        return entries[name]
 
     def entries(self) -> dict[str, ServerEntry]:
         return {name: for_use(name, entry) for name, entry in self._parsed().items()}

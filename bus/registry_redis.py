@@ -24,7 +24,7 @@ from typing import Any, ClassVar
 
 from bus import keys
 from bus.errors import BusError, InvalidInput, NotFound, RegistryError
-from bus.registry import _no_duplicates, _Object, for_use
+from bus.registry import ByName, _no_duplicates, _Object, for_use
 from bus.server import ServerEntry
 from bus.validate import check_name
 from bus.vendors import is_secret
@@ -51,7 +51,7 @@ def registry_url(kind: str) -> str:
     )
 
 
-class RedisRegistry:
+class RedisRegistry(ByName):
     _shared: ClassVar[dict[str, RedisRegistry]] = {}
     _lock: ClassVar[threading.Lock] = threading.Lock()
 
@@ -76,13 +76,6 @@ class RedisRegistry:
 
             self._redis = connect(self.url, "the server registry is there (IFBUS_REGISTRY)")
         return self._redis
-
-    def get(self, name: str) -> ServerEntry:
-        check_name(name)
-        entries = self.entries()
-        if name not in entries:
-            raise NotFound(f"Not found: {name}")
-        return entries[name]
 
     def entries(self) -> dict[str, ServerEntry]:
         version = self._call(lambda r: r.get(keys.REGISTRY_VERSION))
