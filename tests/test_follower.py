@@ -113,7 +113,8 @@ def test_jobs_hand_calls_over_and_the_follower_answers_each_caller_once(redis: R
     assert RedisLedger(redis).call_ref("sip-kam-t1") == CallRef("kam", "sip-kam-t1", {"tracking_id": "kam-t1"})
     assert redis.llen("ifbus:reply:req-call-00") == 0 and redis.get("ifbus:lease:req-call-00") is None
     assert redis.zcard("ifbus:inflight:kamailio") == 0 and not redis.keys("ifbus:followed:*")
-    assert follower.inflight == 0
+    # The answers are delivered before the follower forgets the calls: wait for that, do not race it.
+    assert wait_for_value(lambda: follower.inflight == 0, 5)
     follower.drain(0)
 
 
