@@ -4,6 +4,7 @@
 |-------------------------------|--------|------------|----------------|---------------------------------------------|
 | `sip.<type>` (RQ queue)       | RQ     | producer   | RQ's own       | jobs for `ifbus worker <type>`              |
 | `ifbus:reply:<request_id>`    | list   | worker     | REPLY_TTL      | the one JobResult a caller BLPOPs           |
+| `ifbus:reply:<request_id>:<12 hex>` | list | worker | REPLY_TTL     | a duplicate submitter's own reply list      |
 | `ifbus:request:<request_id>`  | string | producer   | DEDUP          | a re-submitted request is not re-queued     |
 | `ifbus:result:<request_id>`   | string | worker     | DEDUP          | the final JobResult, for late waiters       |
 | `ifbus:waiters:<request_id>`  | set    | producer   | DEDUP          | reply keys of duplicate submitters          |
