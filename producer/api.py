@@ -173,6 +173,11 @@ class Producer:
                 late = redis.lpop(key)  # the worker pushes the answer before it drops the lease
                 if late is not None:
                     return JobResult.model_validate(json.loads(late))
+                # A duplicate submitter's list is filled just after the lease is dropped; the stored
+                # result went in with the drop, in one transaction: read it before calling the worker dead.
+                stored = ledger.result(rid)
+                if stored is not None:
+                    return JobResult.model_validate(stored)
                 raise OutcomeUnknown(
                     f"the worker serving request {rid} on {holder} stopped without answering (killed or lost); "
                     f"the call may have been placed on {holder}: check it before trying again",

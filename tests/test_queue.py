@@ -168,3 +168,38 @@ def test_redis_gone_for_good_while_a_caller_waits_is_outcome_unknown(
     finally:
         server.kill()
         server.wait()
+
+
+def test_a_duplicate_waiter_reads_the_stored_result_when_the_lease_goes_first(redis_url: str) -> None:
+    """The worker stores the result and drops the lease in one transaction, then fills duplicate
+    submitters' lists: a waiter that sees the lease gone before its list is filled must answer with
+    the stored result, not "the worker stopped without answering" (seen once beside a CPU burner)."""
+    import threading
+
+    from redis import Redis
+
+    from bus import keys
+    from bus.ledger import RedisLedger
+    from bus.models import TestRequest
+    from bus.settings import Settings
+    from producer.api import Producer
+
+    redis = Redis.from_url(redis_url)
+    request = TestRequest(server="kam", request_id="req-dup-lease-1", timeout=10)
+    redis.set(keys.lease(request.request_id), "kam", px=10_000)
+    result = {"request_id": request.request_id, "op": "test", "server": "kam", "outcome": "ok", "exit_code": 0,
+              "message": "kamailio 5.6.3"}  # fmt: skip
+
+    def worker_finishes() -> None:  # the first transaction of RedisLedger.finish, nothing pushed to the waiter
+        pipe = redis.pipeline()
+        pipe.set(keys.result(request.request_id), json.dumps(result))
+        pipe.delete(keys.lease(request.request_id))
+        pipe.execute()
+
+    timer = threading.Timer(1.5, worker_finishes)  # after the waiter has seen the lease once
+    timer.start()
+    waiter_key = keys.waiter_reply(request.request_id, "0123456789ab")
+    producer = Producer(Settings(mode="queue", redis_url=redis_url))
+    answer = producer._wait(redis, RedisLedger(redis), waiter_key, request, "sip.kamailio")
+    timer.join()
+    assert answer.exit_code == 0 and answer.message == "kamailio 5.6.3"
