@@ -7,37 +7,21 @@ what the real SIPp peers received and what the callers got, never log lines.
 
 from __future__ import annotations
 
-import os
 import signal
-import subprocess
 import threading
 import time
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
-import pytest
+from tests.conftest import WorkerProcess
+from tests.integration.conftest import KAMAILIO_LAB, register
+from tests.lab import Kamailio, SippUA, wait_for
 
-from tests.conftest import BIN, WorkerProcess
-from tests.lab import Kamailio, SippUA, kamailio_available, sipp_available, wait_for
-
-pytestmark = [
-    pytest.mark.integration,
-    pytest.mark.skipif(not kamailio_available(), reason="kamailio binary not installed (apt-get install kamailio)"),
-    pytest.mark.skipif(not sipp_available(), reason="sipp binary not installed (apt-get install sip-tester)"),
-]
+pytestmark = KAMAILIO_LAB
 
 TOKEN = "inflight-token"
 RING_SECONDS = 2.0
-
-
-def register(name: str, kam: Kamailio) -> None:
-    result = subprocess.run(
-        [str(BIN / "ifbus"), "add", "sip", name, "--type", "kamailio", "--auth", f"token={TOKEN}", "realm=127.0.0.1",
-         "--port", str(kam.http_port), "--opt", "fr_timer=2", "fr_inv_timer=10", f"sip_port={kam.sip_port}"],
-        capture_output=True, text=True, timeout=60, env=dict(os.environ),
-    )  # fmt: skip
-    assert result.returncode == 0, result.stderr
 
 
 def call_all(n: int, alice: SippUA, bob: SippUA, prefix: str) -> tuple[list[Any], list[threading.Thread]]:
@@ -68,7 +52,7 @@ def test_four_concurrent_calls_ringing_2s_finish_within_3s_on_one_worker(
     """Issue 15: on main, one worker served them one after another (9.2 s); the follower overlaps them."""
     with ExitStack() as lab:
         kam = lab.enter_context(Kamailio(tmp_path / "k", token=TOKEN))
-        register("kam", kam)
+        register("kam", kam, fr_inv_timer_ms=10_000)
         alice = lab.enter_context(SippUA("refer_uas.xml", tmp_path, "alice", kamailio_port=kam.sip_port))
         bob = lab.enter_context(SippUA("ring2_answer_uas.xml", tmp_path, "bob", kamailio_port=kam.sip_port))
         start_worker("kamailio")
@@ -92,7 +76,7 @@ def test_kill_9_with_20_calls_ringing_the_adopting_worker_delivers_the_real_outc
 ) -> None:
     with ExitStack() as lab:
         kam = lab.enter_context(Kamailio(tmp_path / "k", token=TOKEN))
-        register("kam", kam)
+        register("kam", kam, fr_inv_timer_ms=10_000)
         alice = lab.enter_context(SippUA("refer_uas.xml", tmp_path, "alice", kamailio_port=kam.sip_port))
         bob = lab.enter_context(SippUA("ring2_answer_uas.xml", tmp_path, "bob", kamailio_port=kam.sip_port))
         first = WorkerProcess(["kamailio"], tmp_path / "w1.log")
