@@ -10,7 +10,10 @@ Actions sent (wire shapes: workers/adapters/ami.py; public behaviour, manager.co
   beat its reply). `OriginateResponse` `Reason: 4` = answered; any other reason is settled with the
   channel's `Hangup` event (`TechCause` = the SIP code, else `Cause` through bus.sip's Q.850 table);
 - hangup  = `Hangup` `Channel: <ChannelId>` (Asterisk also looks channels up by uniqueid);
-  `No such channel` = the call had already ended.
+  `No such channel` = the call had already ended;
+- recover = a call another worker placed (it died; the follower adopted it): subscribe to the
+  channel's events, then `Status` `Channel: <ChannelId>` (read-only: it can never place a call) and
+  decide from what the server itself says — see `recover`.
 
 Events are matched by Uniqueid (= our ChannelId), never by position: the captures show
 OriginateResponse before or after the channel's Hangup, and before or after Newstate Up, from one
@@ -43,6 +46,7 @@ from workers.transports.stream import StreamTransport, Subscription
 # for chan_pjsip an unknown endpoint, whose request cause is NO_ROUTE_DESTINATION (3) → SIP 404.
 REASON_CAUSE = {0: 3, 1: 16, 3: 19, 5: 17, 8: 34}
 ANSWERED = 4
+UP = "6"  # ChannelState of an answered channel (AST_STATE_UP, include/asterisk/channelstate.h)
 # After a non-answer OriginateResponse with no channel event seen, how long to wait for a Hangup
 # that may still be on its way. A channel that never existed (unknown endpoint) sends none at all.
 HANGUP_GRACE = 1.0
@@ -367,8 +371,9 @@ class AsteriskAdapter(Adapter):
                     limit = deadline  # the channel exists after all: its Hangup will come
         raise self._rejection(call_id, reason, hangup)
 
-    def _rejection(self, call_id: str, reason: int, hangup: ami.AmiMessage | None) -> CallRejected:
-        details: dict[str, str] = {"originate_reason": str(reason)}
+    def _rejection(self, call_id: str, reason: int | None, hangup: ami.AmiMessage | None) -> CallRejected:
+        """`reason` is None for an adopted call whose OriginateResponse went to the dead worker."""
+        details: dict[str, str] = {} if reason is None else {"originate_reason": str(reason)}
         code: int | None = None
         cause = 0
         if hangup is not None:
@@ -380,9 +385,94 @@ class AsteriskAdapter(Adapter):
                 details["tech_cause"] = tech
         if code is None:
             if cause == 0:  # "Unknown": the channel's own cause says nothing, the Reason does
-                cause = REASON_CAUSE.get(reason, 31)
+                cause = REASON_CAUSE.get(reason, 31) if reason is not None else 31
             code = q850_to_sip(cause, self.type) or 480
         return CallRejected(code, reason_phrase(code), server=self.name, call_id=call_id, **details)
+
+    # ------------------------------------------------------------------ recover
+
+    def recover(self, ref: CallRef, deadline: float) -> Answer:
+        """Follow a call another worker placed (it died; the follower adopted the call), from Asterisk's
+        own state. Its OriginateResponse and first channel events went to the dead worker's session, so
+        listening alone could wait for what already passed. So: subscribe to the channel's events
+        first (nothing slips between the look and the listening), then look with `Status`
+        `Channel: <ChannelId>` (read-only; it can never place a call), and read what follows in the
+        order the server wrote it (`_recovered`)."""
+        channel_id = ref.call_id or ref.handle.get("channel_id") or ""
+        aid = _action_id("status")
+        data = ami.action("Status", aid, [("Channel", channel_id)])  # checked before any I/O
+        transport = self.session().ready()
+        # the Status event carries the channel's Uniqueid and our ActionID; StatusComplete only the ActionID
+        with transport.subscribe(lambda m: m.get("Uniqueid") == channel_id or m.get("ActionID") == aid) as sub:
+            reply = transport.request(data, self._deadline(deadline), aid)
+            message = reply.get("Message") or ""
+            if reply.response != "Success" and message != "No such channel":
+                raise self._denied(reply, "Status", "call, system or reporting") or OutcomeUnknown(
+                    f"{self.name}: Status {channel_id} answered {show(message or str(reply), 80)}",
+                    server=self.name,
+                    call_id=channel_id,
+                )
+            return self._recovered(channel_id, sub, reply.response == "Success", deadline)
+
+    def _recovered(self, channel_id: str, sub: Subscription[ami.AmiMessage], found: bool, deadline: float) -> Answer:
+        """Decide from the server's words, in wire order (events queued before the Status reply
+        happened before the look):
+
+        - the channel is Up (`ChannelState: 6` in Status, Newstate, or the Hangup of a call that was
+          answered and has ended since), or an OriginateResponse says `Reason: 4` → answered;
+        - it exists and is not Up (Down, Ringing) → keep following to its end: Up → answered; its
+          Hangup → refused, with the SIP code as `follow` finds it (TechCause, else Cause);
+        - `No such channel` and nothing of it queued → it ended before we looked; AMI keeps no record
+          of how (answered and hung up, or refused): outcome unknown, never a guess.
+        """
+        reason: int | None = None
+        hangup: ami.AmiMessage | None = None
+        limit = deadline if found else time.monotonic()  # gone: only what is already queued counts
+        while hangup is None:
+            try:
+                msg = sub.get(limit)
+            except TimeoutError:
+                break
+            event = msg.event
+            if event == "Hangup":
+                hangup = msg
+            elif event == "OriginateResponse":
+                raw = msg.get("Reason") or ""
+                reason = int(raw) if raw.isdigit() else -1
+                if reason == ANSWERED:
+                    return self._answered(channel_id, msg)
+            elif msg.get("ChannelState") == UP:
+                return self._answered(channel_id, msg)
+            elif event == "StatusComplete" and found and msg.get("ListItems") == "0":
+                limit = time.monotonic()  # the channel went between the lookup and the list: gone
+                found = False
+        if hangup is not None:
+            if hangup.get("ChannelState") == UP:
+                return self._answered(channel_id, hangup, ended=True)
+            raise self._rejection(channel_id, reason, hangup)
+        if reason is not None:
+            raise self._rejection(channel_id, reason, None)
+        if not found:
+            raise OutcomeUnknown(
+                f"{self.name}: call {channel_id} is no longer on the server (Status: No such channel) and AMI "
+                "keeps no record of how it ended: it may have been answered",
+                server=self.name,
+                call_id=channel_id,
+            )
+        raise OutcomeUnknown(
+            f"{self.name}: call {channel_id} had no outcome before the deadline (still ringing)",
+            server=self.name,
+            call_id=channel_id,
+        )
+
+    def _answered(self, channel_id: str, msg: ami.AmiMessage, ended: bool = False) -> Answer:
+        """The same answer `follow` gives, marked as recovered (and saying so when it has ended since)."""
+        since = " (it has ended since)" if ended else ""
+        return Answer(
+            f"Call {channel_id} answered on {self.name}{since}",
+            call_id=channel_id,
+            data={"channel": msg.get("Channel") or "", "recovered": True},
+        )
 
     # ------------------------------------------------------------------ hangup
 
