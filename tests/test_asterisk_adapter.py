@@ -6,6 +6,7 @@ each test names the capture its peer replays.
 
 from __future__ import annotations
 
+import threading
 import time
 
 import pytest
@@ -13,9 +14,11 @@ import pytest
 from bus.calls import CallRef
 from bus.errors import AuthFailed, CallRejected, InvalidInput, OutcomeUnknown, Unreachable
 from bus.server import ServerEntry
+from tests.lab import wait_for
 from tests.peers.ami import AmiPeer
 from workers.adapters import adapter_class, ami
 from workers.adapters.asterisk import AsteriskAdapter
+from workers.adapters.base import Answer
 
 T = 10.0
 
@@ -319,6 +322,150 @@ def test_accepted_releases_the_subscription() -> None:
         with pytest.raises(OutcomeUnknown, match="not placed through this worker"):
             a.follow(ref, time.monotonic() + 1)
         a.close()
+
+
+# ---------------------------------------------------------------- recover (a call adopted from a dead worker)
+#
+# ami_status_transcript.txt: a second AMI session receives every event of a call placed by another one,
+# `Status` `Channel: <ChannelId>` shows it ringing (ChannelState 5) or Up (6), and after its Hangup
+# answers only `No such channel`. The worker that placed the call is one adapter; the adopter is a fresh
+# adapter on its own connection (another process's view), which never saw the Originate.
+
+
+class Recovering:
+    """`adopter.recover(ref)` in a thread, so the test can move the call on meanwhile."""
+
+    def __init__(self, adopter: AsteriskAdapter, ref: CallRef, wait: float = T) -> None:
+        self.outcome: object = None
+        self._thread = threading.Thread(target=self._run, args=(adopter, ref, wait), daemon=True)
+        self._thread.start()
+
+    def _run(self, adopter: AsteriskAdapter, ref: CallRef, wait: float) -> None:
+        try:
+            self.outcome = adopter.recover(ref, time.monotonic() + wait)
+        except Exception as exc:  # kept for the test to look at
+            self.outcome = exc
+
+    def result(self) -> object:
+        self._thread.join(T)
+        assert not self._thread.is_alive(), "recover did not return"
+        return self.outcome
+
+
+def _looked(peer: AmiPeer, ref: CallRef) -> bool:
+    """The adopter's Status reached the peer (its subscription was made before it was sent)."""
+    return any(a.get("Action") == "Status" and a.get("Channel") == ref.call_id for conn in peer.actions for a in conn)
+
+
+def test_recover_a_ringing_call_that_is_then_answered() -> None:
+    """The call rings when its worker dies: Status says `ChannelState: 5` (Ringing), so the adopter keeps
+    listening; the rest of ami_originate_answered_transcript.txt (OriginateResponse Reason 4, Newstate Up)
+    then reaches its session, split into 3-byte pieces among other channels' events: answered. Nothing that
+    could place a call is sent again."""
+    with AmiPeer(ring=True, noise=True, chunk=3) as peer:
+        worker = adapter(peer)
+        ref = worker.originate("PJSIP/sipp", "2000", {}, time.monotonic() + T)
+        adopter = adapter(peer)
+        recovering = Recovering(adopter, ref)
+        assert wait_for(lambda: _looked(peer, ref), T)
+        peer.release()
+        answer = recovering.result()
+        assert isinstance(answer, Answer), answer
+        assert answer.message == f"Call {ref.call_id} answered on myast"
+        assert answer.call_id == ref.call_id and answer.data["recovered"] is True
+        assert [a["Action"] for a in peer.actions[1]] == ["Login", "Status"]
+        assert peer.count("Originate") == 1
+        worker.close()
+        adopter.close()
+
+
+def test_recover_a_ringing_call_that_is_then_not_answered() -> None:
+    """ami_originate_noanswer_transcript.txt held while it rings, then released: OriginateResponse
+    Reason 3 and Hangup Cause 19 / TechCause 480 reach the adopter → SIP 480, as `follow` says."""
+    with AmiPeer(ring=True, noise=True) as peer:
+        worker = adapter(peer, answer_timeout="5")
+        ref = worker.originate("PJSIP/sippring", "2000", {}, time.monotonic() + T)
+        adopter = adapter(peer)
+        recovering = Recovering(adopter, ref)
+        assert wait_for(lambda: _looked(peer, ref), T)
+        peer.release()
+        exc = recovering.result()
+        assert isinstance(exc, CallRejected) and exc.sip_code == 480, exc
+        assert exc.details["tech_cause"] == "480" and exc.details["call_id"] == ref.call_id
+        worker.close()
+        adopter.close()
+
+
+def test_recover_a_call_already_answered_at_adoption() -> None:
+    """The worker saw the answer and died before recording it: Status says `ChannelState: 6` (Up) →
+    answered at once, over replies split into 3-byte pieces among other channels' events."""
+    with AmiPeer(noise=True, chunk=3) as peer:
+        worker = adapter(peer)
+        ref, first = call(worker)
+        assert isinstance(first, Answer)
+        adopter = adapter(peer)
+        answer = adopter.recover(ref, time.monotonic() + T)
+        assert answer.message == f"Call {ref.call_id} answered on myast"
+        assert answer.data["channel"].startswith("PJSIP/sipp-")
+        assert peer.count("Originate") == 1
+        worker.close()
+        adopter.close()
+
+
+def test_recover_a_call_that_is_gone_is_outcome_unknown() -> None:
+    """ami_pjsip_busy_transcript.txt played to its Hangup before adoption: Status answers `No such
+    channel` and Asterisk keeps no record of how the call ended, so the honest answer is outcome
+    unknown (never "refused", never a second Originate)."""
+    with AmiPeer() as peer:
+        worker = adapter(peer)
+        ref, first = call(worker, "PJSIP/sippbusy")
+        assert isinstance(first, CallRejected)
+        adopter = adapter(peer)
+        with pytest.raises(OutcomeUnknown, match="No such channel") as err:
+            adopter.recover(ref, time.monotonic() + T)
+        assert err.value.exit_code == 6 and err.value.details["call_id"] == ref.call_id
+        assert "may have been answered" in err.value.message
+        assert peer.count("Originate") == 1
+        worker.close()
+        adopter.close()
+
+
+def test_recover_still_ringing_at_the_deadline_is_outcome_unknown() -> None:
+    with AmiPeer(ring=True) as peer:
+        worker = adapter(peer)
+        ref = worker.originate("PJSIP/sipp", "2000", {}, time.monotonic() + T)
+        adopter = adapter(peer)
+        with pytest.raises(OutcomeUnknown, match="still ringing"):
+            adopter.recover(ref, time.monotonic() + 0.5)
+        peer.release()
+        worker.close()
+        adopter.close()
+
+
+def test_recover_session_lost_while_ringing_is_outcome_unknown() -> None:
+    """The adopter's own session drops while it listens: what the server did since is unknown."""
+    with AmiPeer(ring=True) as peer:
+        worker = adapter(peer)
+        ref = worker.originate("PJSIP/sipp", "2000", {}, time.monotonic() + T)
+        adopter = adapter(peer)
+        recovering = Recovering(adopter, ref)
+        assert wait_for(lambda: _looked(peer, ref), T)
+        peer.drop_all()
+        exc = recovering.result()
+        assert isinstance(exc, OutcomeUnknown) and "lost" in exc.message, exc
+        assert peer.count("Originate") == 1
+        worker.close()
+        adopter.close()
+
+
+def test_recover_without_permission_names_manager_conf() -> None:
+    """ami_auth_fail_transcript.txt's `Permission denied`, for an AMI user without a class Status needs."""
+    with AmiPeer(deny={"Status"}) as peer:
+        adopter = adapter(peer)
+        ref = CallRef("myast", "ifbus-0123456789abcdef0123456789abcdef", {"channel_id": "x"})
+        with pytest.raises(AuthFailed, match="call, system or reporting"):
+            adopter.recover(ref, time.monotonic() + T)
+        adopter.close()
 
 
 def _cli(*args: str) -> tuple[int, str]:

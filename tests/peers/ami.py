@@ -14,7 +14,17 @@ than the captures, and can be made harsher:
   before the `Originate successfully queued` reply (they can race it);
 - `faults`: per action name, "silent" (never answer), "drop" (close before answering),
   "mid_reply" (close after half the reply's bytes), "after_reply" (close right after the reply);
-- `greet=False`: accept and never send the banner (a silent peer).
+- `greet=False`: accept and never send the banner (a silent peer);
+- `ring=True`: each originated call stops once it rings (before its OriginateResponse, its Up or its
+  hang-up), until the test calls `release()`: a call still ringing when its worker dies.
+
+Call events go to EVERY connection that has call events on, as Asterisk's manager_event does (the
+OriginateResponse too: `ast_manager_event_multichan(EVENT_FLAG_CALL, "OriginateResponse", …)` in
+main/manager.c; ami_status_transcript.txt shows a second session receiving the whole call), so a
+second worker can adopt a call. `Status` `Channel: <ChannelId or name>` answers from the channel's
+current state as ami_status_transcript.txt shows it (the listack reply, one `Event: Status` whose
+channel fields are those of the channel's latest state event, then StatusComplete), or `No such
+channel` once its Hangup was sent.
 
 Which call a target dials is chosen by the Originate's `Channel` (see TARGETS). `actions` records
 every action received (per connection) for assertions such as "one Originate, never two".
@@ -153,6 +163,38 @@ def retag(fields: Fields, old: str, new: str, old_aid: str, new_aid: str) -> Fie
     return out
 
 
+STATUS_CAPTURE = "ami_status_transcript.txt"
+# the fields of a channel's state in every channel event, Channel … Linkedid (main/manager.c
+# ast_manager_build_channel_state_string); Status puts them after its Privilege line
+_SNAPSHOT_FIRST, _SNAPSHOT_LAST = "Channel", "Linkedid"
+
+
+def _snapshot(fields: Fields) -> Fields:
+    keys = [k for k, _ in fields]
+    return fields[keys.index(_SNAPSHOT_FIRST) : keys.index(_SNAPSHOT_LAST) + 1]
+
+
+def _status_static() -> dict[str, Fields]:
+    """Status replies and events of ami_status_transcript.txt, by what they show."""
+    msgs = [m for m in load(STATUS_CAPTURE) if m.banner is None]
+    by_aid = {(m.get("ActionID"), m.get("Event")): m.fields for m in msgs}
+    return {
+        "ack": by_aid[("st-r1", None)],  # Response: Success, EventList: start, "Channel status will follow"
+        "ringing": by_aid[("st-r1", "Status")],  # ChannelState 5
+        "up": by_aid[("st-s1", "Status")],  # ChannelState 6
+        "complete": by_aid[("st-r1", "StatusComplete")],
+        "nochannel": by_aid[("st-r2", None)],  # after the Hangup: Response: Error, No such channel
+    }
+
+
+def status_event(template: Fields, state: Fields, action_id: str) -> Fields:
+    """A captured Status event with another channel's current state fields and another ActionID."""
+    snap = _snapshot(template)
+    start = template.index(snap[0])
+    head, tail = template[:start], template[start + len(snap) :]
+    return head + _snapshot(state) + with_id(tail, None) + [("ActionID", action_id)]
+
+
 def _static() -> dict[str, Fields]:
     """Replies to the non-call actions, from the captures."""
     allm = (
@@ -215,6 +257,7 @@ class AmiPeer:
         targets: dict[str, str] | None = None,
         default_target: str | None = None,
         deny: set[str] | None = None,
+        ring: bool = False,
     ) -> None:
         self.user, self.secret = user, secret
         self.noise, self.chunk, self.order = noise, chunk, order
@@ -226,6 +269,12 @@ class AmiPeer:
         self.default_target = default_target
         self.deny = {a.lower() for a in deny or ()}  # actions this AMI user lacks the write= class for
         self.static = _static()
+        self.status = _status_static()
+        self.ring = ring
+        self.held: dict[str, list[Fields]] = {}  # ringing calls' remaining events, by ChannelId
+        self.channels: dict[str, Fields] = {}  # live channels by Uniqueid: their latest state event
+        self._sessions: dict[socket.socket, dict[str, object]] = {}
+        self._write_locks: dict[socket.socket, threading.Lock] = {}
         self._noise = noise_events()
         self._noise_i = 0
         self.actions: list[list[dict[str, str]]] = []  # per connection, each action's headers
@@ -279,6 +328,7 @@ class AmiPeer:
             conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             with self._lock:
                 self._conns.append(conn)
+                self._write_locks[conn] = threading.Lock()
                 self.actions.append([])
                 log = self.actions[-1]
             threading.Thread(target=self._serve, args=(conn, log), daemon=True).start()
@@ -287,12 +337,33 @@ class AmiPeer:
     # -- wire
 
     def _send(self, conn: socket.socket, data: bytes) -> None:
-        if not self.chunk:
-            conn.sendall(data)
-            return
-        for i in range(0, len(data), self.chunk):
-            conn.sendall(data[i : i + self.chunk])
-            time.sleep(0.0005)  # pacing so the pieces reach the client as separate reads
+        with self._write_locks[conn]:  # events of other connections' calls are written from their threads
+            if not self.chunk:
+                conn.sendall(data)
+                return
+            for i in range(0, len(data), self.chunk):
+                conn.sendall(data[i : i + self.chunk])
+                time.sleep(0.0005)  # pacing so the pieces reach the client as separate reads
+
+    def _broadcast(self, fields: Fields) -> None:
+        """A call event: to every logged-in connection with call events on (manager_event), and the
+        channel's state kept for Status."""
+        uid = next((v for k, v in fields if k == "Uniqueid"), None)
+        if ("Event", "Hangup") in fields:
+            self.channels.pop(uid or "", None)
+        elif uid and any(k == "ChannelState" for k, _ in fields):
+            self.channels[uid] = fields
+        with self._lock:
+            sessions = [(c, s) for c, s in self._sessions.items() if s.get("auth") and self._events_on(s)]
+        for conn, _ in sessions:
+            with contextlib.suppress(OSError):
+                self._msg(conn, fields)
+
+    def release(self, channel_id: str | None = None) -> None:
+        """Let held (ringing) calls go on: their remaining captured events, to every connection."""
+        for cid in [channel_id] if channel_id else list(self.held):
+            for fields in self.held.pop(cid, []):
+                self._broadcast(fields)
 
     def _msg(self, conn: socket.socket, fields: Fields) -> None:
         if self.noise and self._noise:
@@ -320,6 +391,8 @@ class AmiPeer:
 
     def _serve(self, conn: socket.socket, log: list[dict[str, str]]) -> None:
         session: dict[str, object] = {"auth": False, "events": False}
+        with self._lock:
+            self._sessions[conn] = session
         try:
             if not self.greet:
                 while conn.recv(4096):
@@ -333,6 +406,8 @@ class AmiPeer:
         except OSError:
             return
         finally:
+            with self._lock:
+                self._sessions.pop(conn, None)
             with contextlib.suppress(OSError):
                 conn.close()
 
@@ -389,6 +464,8 @@ class AmiPeer:
             reply = with_id(self.static["events"], aid)
         elif lname == "hangup":
             return self._hangup(conn, act, session)
+        elif lname == "status":
+            return self._status(conn, act)
         elif lname == "logoff":
             self._send(conn, encode(with_id(self.static["goodbye"], aid)))
             return False
@@ -419,18 +496,35 @@ class AmiPeer:
             ev = events.pop(resp)
             events.insert(0 if self.order == "first" else len(events), ev)
         early, late = events[: self.events_before_reply], events[self.events_before_reply :]
-        if self._events_on(session):
-            for e in early:
-                self._msg(conn, e)
+        for e in early:
+            self._broadcast(e)
         verdict = self._fault(conn, "originate", encode(reply))
         if verdict is not None:
             return verdict
         self._msg(conn, reply)
         if scenario == "answered":
             self.live.add(cid)
-        if self._events_on(session):
-            for e in late:
-                self._msg(conn, e)
+        if self.ring:
+            cut = next((i for i, e in enumerate(late) if _past_ringing(e)), len(late))
+            late, self.held[cid] = late[:cut], late[cut:]
+        for e in late:
+            self._broadcast(e)
+        return True
+
+    def _status(self, conn: socket.socket, act: dict[str, str]) -> bool:
+        """`Status` `Channel: <name or uniqueid>` (ast_channel_get_by_name matches both)."""
+        aid = act.get("ActionID")
+        target = act.get("Channel", "")
+        state = next((f for uid, f in self.channels.items() if target in (uid, dict(f).get("Channel"))), None)
+        reply = with_id(self.status["nochannel" if state is None else "ack"], aid)
+        verdict = self._fault(conn, "status", encode(reply))
+        if verdict is not None:
+            return verdict
+        self._msg(conn, reply)
+        if state is not None:
+            template = self.status["up"] if dict(state).get("ChannelState") == "6" else self.status["ringing"]
+            self._msg(conn, status_event(template, state, aid or ""))
+            self._msg(conn, with_id(self.status["complete"], aid))
         return True
 
     def _hangup(self, conn: socket.socket, act: dict[str, str], session: dict[str, object]) -> bool:
@@ -449,8 +543,15 @@ class AmiPeer:
         if verdict is not None:
             return verdict
         self._msg(conn, reply)
-        if self._events_on(session):
-            _, old_cid, old_aid = SCENARIOS["answered"]
-            for e in call_script("answered").hangup:
-                self._msg(conn, retag(e, old_cid, chan, old_aid, aid or ""))
+        _, old_cid, old_aid = SCENARIOS["answered"]
+        for e in call_script("answered").hangup:
+            self._broadcast(retag(e, old_cid, chan, old_aid, aid or ""))
         return True
+
+
+def _past_ringing(fields: Fields) -> bool:
+    """The first event of a call that is no longer only ringing: its outcome, its Up, its hang-up."""
+    event = dict(fields).get("Event", "")
+    return event in ("OriginateResponse", "HangupRequest", "SoftHangupRequest", "Hangup", "DialEnd") or (
+        dict(fields).get("ChannelState") == "6"
+    )
