@@ -11,8 +11,8 @@ from typing import Literal
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from bus.models import DEFAULT_TIMEOUT
 from bus.paths import home
+from bus.validate import DEFAULT_TIMEOUT
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 

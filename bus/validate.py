@@ -13,6 +13,13 @@ from bus.errors import InvalidInput
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 KEY_RE = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,63}")
 MAX_VALUE = 1024
+# Request facts the CLI's light submit (producer.light) needs without pydantic: the message schema
+# version; a request's wait in seconds, by default (neither --timeout nor IFBUS_TIMEOUT) and at most.
+# bus.models should take its SCHEMA_VERSION, DEFAULT_TIMEOUT and `le=` bound from here;
+# tests/test_light_submit.py fails while the two disagree.
+SCHEMA_VERSION = 1
+DEFAULT_TIMEOUT = 90.0
+MAX_TIMEOUT = 3600.0
 
 
 def check_name(name: str) -> str:

@@ -18,8 +18,6 @@ otherwise the runner (embedded mode) — or, with no runner, says Redis is unrea
 
 from __future__ import annotations
 
-import json
-import time
 import uuid
 from collections.abc import Callable
 from typing import Any
@@ -28,7 +26,7 @@ from redis import Redis
 from redis.exceptions import RedisError
 
 from bus import keys
-from bus.errors import OutcomeUnknown, Unreachable
+from bus.errors import Unreachable
 from bus.models import BaseRequest, JobResult
 from bus.queues import queue_name, reply_key
 from bus.redis_conn import connect, from_url, safe_url
@@ -36,6 +34,7 @@ from bus.registry import Registry, open_registry
 from bus.routing import Router
 from bus.server import ServerEntry
 from bus.settings import Settings
+from producer.waiting import redis_failed, wait_reply
 
 #: Runs one request payload in this process and returns its JobResult as a dict (workers.jobs.execute).
 Runner = Callable[..., dict[str, Any]]
@@ -101,14 +100,7 @@ class Producer:
         try:
             return self._enqueue_and_wait(redis, entry, request, wait)
         except (RedisError, OSError) as exc:
-            if self._enqueued:
-                raise OutcomeUnknown(
-                    f"lost Redis while waiting ({exc}); job {request.request_id} on {queue} may still run: "
-                    f"look it up with `ifbus job {request.request_id}`",
-                    job_id=request.request_id,
-                    server=request.server,
-                ) from None
-            raise Unreachable(f"Redis failed before the job was queued: {exc}") from None
+            raise redis_failed(exc, self._enqueued, request.request_id, queue, request.server) from None
 
     def _enqueue_and_wait(self, redis: Redis, entry: ServerEntry, request: BaseRequest, wait: bool) -> JobResult | str:
         if self._router is None:
@@ -142,54 +134,10 @@ class Producer:
         return self._wait(redis, ledger, key, request, queue)
 
     def _wait(self, redis: Redis, ledger: Any, key: str, request: BaseRequest, queue: str) -> JobResult:
-        """Block on the reply key in slices; between slices read the request's lease.
-
-        A worker refreshes the lease every second while it works, so a lease that vanished with no
-        answer means the worker died mid-request: the caller hears "outcome unknown" within about
-        LEASE_SECONDS + 1 s instead of waiting out its whole timeout.
-        """
-        from bus.ledger import LEASE_REFRESH_SECONDS, REQUEUED
-
-        rid = request.request_id
-        deadline = time.monotonic() + request.timeout
-        holder: str | None = None
-        lost: Exception | None = None
-        while (left := deadline - time.monotonic()) > 0:
-            try:
-                popped = redis.blpop([key], timeout=min(LEASE_REFRESH_SECONDS, left))
-                lease = None if popped is not None else ledger.read_lease(rid)
-            except (RedisError, OSError) as exc:
-                # Redis restarting: keep trying until the deadline. A restarted Redis has no lease
-                # yet, so forget the holder until the worker refreshes it (within a second).
-                lost, holder = exc, None
-                time.sleep(min(0.2, max(0.0, deadline - time.monotonic())))
-                continue
-            if popped is not None:
-                return JobResult.model_validate(json.loads(popped[1]))
-            if lease is not None:
-                holder = None if lease.startswith(REQUEUED) else lease
-                continue
-            if holder is not None:
-                late = redis.lpop(key)  # the worker pushes the answer before it drops the lease
-                if late is not None:
-                    return JobResult.model_validate(json.loads(late))
-                # A duplicate submitter's list is filled just after the lease is dropped; the stored
-                # result went in with the drop, in one transaction: read it before calling the worker dead.
-                stored = ledger.result(rid)
-                if stored is not None:
-                    return JobResult.model_validate(stored)
-                raise OutcomeUnknown(
-                    f"the worker serving request {rid} on {holder} stopped without answering (killed or lost); "
-                    f"the call may have been placed on {holder}: check it before trying again",
-                    job_id=rid,
-                    server=holder,
-                )
-        why = f"Redis was lost while waiting ({lost})" if lost else f"no answer within {request.timeout:g} s"
-        raise OutcomeUnknown(
-            f"{why}; job {rid} on {queue} may still run: look it up with `ifbus job {rid}`",
-            job_id=rid,
-            server=request.server,
-        )
+        """Block on the reply key until the answer, a dead worker or the deadline (producer.waiting)."""
+        answer = wait_reply(redis, ledger, key, request.request_id, request.timeout, request.server, queue,
+                            (RedisError, OSError))  # fmt: skip
+        return JobResult.model_validate(answer)
 
 
 def job_status(job_id: str, settings: Settings | None = None) -> dict[str, Any]:

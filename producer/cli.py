@@ -15,6 +15,7 @@ from typing import Any, NoReturn
 import click
 
 from bus.errors import BusError, InvalidInput
+from bus.validate import DEFAULT_TIMEOUT
 from bus.vendors import TYPES
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
@@ -363,7 +364,7 @@ def job_options(func: Callable[..., None]) -> Callable[..., None]:
         "--timeout",
         type=click.FloatRange(0.1, 3600),
         default=None,
-        help="Seconds to wait for the answer (default IFBUS_TIMEOUT or 60).",
+        help=f"Seconds to wait for the answer (default IFBUS_TIMEOUT or {DEFAULT_TIMEOUT:g}).",
     )(func)
     func = click.option("--no-wait", is_flag=True, help="Enqueue and print the job id at once (queue mode).")(func)
     func = click.option("--request-id", help="Your own id for this request (8-64 letters, digits, _ or -).")(func)
@@ -471,6 +472,33 @@ def hangup(
 def _submit(
     op: str, fields: dict[str, Any], timeout: float | None, no_wait: bool, request_id: str | None, as_json: bool
 ) -> None:
+    from producer import light
+
+    outcome = light.submit(op, fields, timeout, no_wait, request_id)  # queue mode's plain case, light
+    if outcome is None:
+        outcome = _submit_full(op, fields, timeout, no_wait, request_id)
+    if isinstance(outcome, str):
+        emit(as_json, {"ok": True, "job_id": outcome, "queued": True}, outcome)
+        return
+    if outcome["exit_code"]:
+        if as_json:
+            click.echo(json.dumps({"ok": False, **outcome}, ensure_ascii=False))
+        click.echo(outcome["message"] if outcome["sip_code"] else f"Error: {outcome['message']}", err=True)
+        sys.exit(outcome["exit_code"])
+    data = outcome["data"]
+    line = outcome["message"] + (f"\ncall_id={outcome['call_id']}" if outcome["call_id"] else "")
+    if "health" in data:
+        line += f"\nhealth: {data['health']} (served by {outcome['server']})"
+    if "warning" in data:
+        click.echo(f"warning: {data['warning']}", err=True)
+    emit(as_json, {"ok": True, **outcome}, line)
+
+
+def _submit_full(
+    op: str, fields: dict[str, Any], timeout: float | None, no_wait: bool, request_id: str | None
+) -> dict[str, Any] | str:
+    """Every case through producer.api (pydantic models and settings, redis-py, embedded mode): the
+    JobResult as JSON, or the job id."""
     from pydantic import ValidationError
 
     from bus.models import CallRequest, HangupRequest, TestRequest
@@ -496,21 +524,7 @@ def _submit(
     outcome = producer.submit(request, wait=not no_wait)
     if producer.notice:
         click.echo(f"ifbus: {producer.notice}", err=True)
-    if isinstance(outcome, str):
-        emit(as_json, {"ok": True, "job_id": outcome, "queued": True}, outcome)
-        return
-    result = outcome.model_dump(mode="json")
-    if outcome.exit_code:
-        if as_json:
-            click.echo(json.dumps({"ok": False, **result}, ensure_ascii=False))
-        click.echo(outcome.message if outcome.sip_code else f"Error: {outcome.message}", err=True)
-        sys.exit(outcome.exit_code)
-    line = outcome.message + (f"\ncall_id={outcome.call_id}" if outcome.call_id else "")
-    if "health" in outcome.data:
-        line += f"\nhealth: {outcome.data['health']} (served by {outcome.server})"
-    if "warning" in outcome.data:
-        click.echo(f"warning: {outcome.data['warning']}", err=True)
-    emit(as_json, {"ok": True, **result}, line)
+    return outcome if isinstance(outcome, str) else outcome.model_dump(mode="json")
 
 
 def embedded(payload: dict[str, Any], mode: str = "inline") -> dict[str, Any]:

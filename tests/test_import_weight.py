@@ -73,3 +73,14 @@ def test_queue_mode_producer_loads_no_logging_stack(env: dict[str, str], redis_u
     queue = {**env, "IFBUS_MODE": "queue", "IFBUS_REDIS_URL": redis_url}
     modules = loaded(["test", "sip", "k1", "--json"], queue)
     assert "redis" in modules and "structlog" not in modules and "workers" not in modules
+
+
+def test_queue_mode_submit_loads_no_heavy_module(env: dict[str, str], redis_url: str) -> None:
+    """With a worker on the queue, `test` queues through producer.light: no redis-py, rq, pydantic,
+    pydantic-settings or structlog (a registered worker that never takes the job: --no-wait)."""
+    from redis import Redis
+
+    Redis.from_url(redis_url).sadd("rq:workers:sip.kamailio", "rq:worker:pretend")
+    queue = {**env, "IFBUS_MODE": "queue", "IFBUS_REDIS_URL": redis_url}
+    assert loaded(["test", "sip", "k1", "--no-wait", "--json"], queue).isdisjoint(HEAVY)
+    assert Redis.from_url(redis_url).llen("rq:queue:sip.kamailio") == 1
