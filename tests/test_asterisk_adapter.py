@@ -352,6 +352,11 @@ class Recovering:
         return self.outcome
 
 
+def _ringing(peer: AmiPeer, ref: CallRef) -> bool:
+    """The peer has sent the call's events up to `Newstate` Ringing (the worker's thread writes them)."""
+    return dict(peer.channels.get(ref.call_id or "", [])).get("ChannelState") == "5"
+
+
 def _looked(peer: AmiPeer, ref: CallRef) -> bool:
     """The adopter's Status reached the peer (its subscription was made before it was sent)."""
     return any(a.get("Action") == "Status" and a.get("Channel") == ref.call_id for conn in peer.actions for a in conn)
@@ -365,6 +370,7 @@ def test_recover_a_ringing_call_that_is_then_answered() -> None:
     with AmiPeer(ring=True, noise=True, chunk=3) as peer:
         worker = adapter(peer)
         ref = worker.originate("PJSIP/sipp", "2000", {}, time.monotonic() + T)
+        assert wait_for(lambda: _ringing(peer, ref), T)
         adopter = adapter(peer)
         recovering = Recovering(adopter, ref)
         assert wait_for(lambda: _looked(peer, ref), T)
@@ -373,6 +379,7 @@ def test_recover_a_ringing_call_that_is_then_answered() -> None:
         assert isinstance(answer, Answer), answer
         assert answer.message == f"Call {ref.call_id} answered on myast"
         assert answer.call_id == ref.call_id and answer.data["recovered"] is True
+        assert answer.data["state_at_adoption"] == "Ringing"
         assert [a["Action"] for a in peer.actions[1]] == ["Login", "Status"]
         assert peer.count("Originate") == 1
         worker.close()
@@ -406,7 +413,7 @@ def test_recover_a_call_already_answered_at_adoption() -> None:
         adopter = adapter(peer)
         answer = adopter.recover(ref, time.monotonic() + T)
         assert answer.message == f"Call {ref.call_id} answered on myast"
-        assert answer.data["channel"].startswith("PJSIP/sipp-")
+        assert answer.data["channel"].startswith("PJSIP/sipp-") and answer.data["state_at_adoption"] == "Up"
         assert peer.count("Originate") == 1
         worker.close()
         adopter.close()

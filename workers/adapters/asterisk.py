@@ -427,6 +427,7 @@ class AsteriskAdapter(Adapter):
         """
         reason: int | None = None
         hangup: ami.AmiMessage | None = None
+        looked = "" if found else "gone"  # what Status showed, for the answer's data
         limit = deadline if found else time.monotonic()  # gone: only what is already queued counts
         while hangup is None:
             try:
@@ -434,21 +435,23 @@ class AsteriskAdapter(Adapter):
             except TimeoutError:
                 break
             event = msg.event
+            if event == "Status":
+                looked = msg.get("ChannelStateDesc") or "?"
             if event == "Hangup":
                 hangup = msg
             elif event == "OriginateResponse":
                 raw = msg.get("Reason") or ""
                 reason = int(raw) if raw.isdigit() else -1
                 if reason == ANSWERED:
-                    return self._answered(channel_id, msg)
+                    return self._answered(channel_id, msg, looked)
             elif msg.get("ChannelState") == UP:
-                return self._answered(channel_id, msg)
+                return self._answered(channel_id, msg, looked)
             elif event == "StatusComplete" and found and msg.get("ListItems") == "0":
                 limit = time.monotonic()  # the channel went between the lookup and the list: gone
                 found = False
         if hangup is not None:
             if hangup.get("ChannelState") == UP:
-                return self._answered(channel_id, hangup, ended=True)
+                return self._answered(channel_id, hangup, looked, ended=True)
             raise self._rejection(channel_id, reason, hangup)
         if reason is not None:
             raise self._rejection(channel_id, reason, None)
@@ -465,13 +468,14 @@ class AsteriskAdapter(Adapter):
             call_id=channel_id,
         )
 
-    def _answered(self, channel_id: str, msg: ami.AmiMessage, ended: bool = False) -> Answer:
-        """The same answer `follow` gives, marked as recovered (and saying so when it has ended since)."""
+    def _answered(self, channel_id: str, msg: ami.AmiMessage, looked: str, ended: bool = False) -> Answer:
+        """The answer `follow` gives, marked as recovered, with what the look saw (`Ringing`, `Up`, …;
+        empty when an event settled it first) and saying so when the call has ended since."""
         since = " (it has ended since)" if ended else ""
         return Answer(
             f"Call {channel_id} answered on {self.name}{since}",
             call_id=channel_id,
-            data={"channel": msg.get("Channel") or "", "recovered": True},
+            data={"channel": msg.get("Channel") or "", "recovered": True, "state_at_adoption": looked},
         )
 
     # ------------------------------------------------------------------ hangup
