@@ -19,20 +19,16 @@ import dataclasses
 import errno
 import fcntl
 import json
-import logging
 import os
 import stat
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from bus.errors import BusError, InvalidInput, NotFound, RegistryError
 from bus.server import ServerEntry
 from bus.validate import check_name
 
-log = logging.getLogger("ifbus.registry")
-log.addHandler(logging.NullHandler())  # the CLI stays quiet; a worker's configured root handler logs it
 _reported: set[tuple[str, str]] = set()
 
 FILE_NAME = "sip_servers.json"
@@ -189,6 +185,8 @@ class FileRegistry(ByName):
         return raw
 
     def _write(self, raw: dict) -> None:
+        import tempfile  # here: `list` and the workers only read (tempfile pulls shutil, random, bz2, lzma)
+
         fd, tmp = tempfile.mkstemp(prefix=".sip_servers.", suffix=".tmp", dir=self.folder)
         try:
             with os.fdopen(fd, "w", encoding="utf-8") as handle:
@@ -233,6 +231,16 @@ class FileRegistry(ByName):
             os.close(fd)
 
 
+def _log() -> Any:
+    """The `ifbus.registry` logger, set up on first use: logging costs `list` ~5 ms of start-up."""
+    import logging
+
+    log = logging.getLogger("ifbus.registry")
+    if not log.handlers:
+        log.addHandler(logging.NullHandler())  # the CLI stays quiet; a worker's configured root handler logs it
+    return log
+
+
 def for_use(name: str, entry: ServerEntry, sealed_keys: tuple[str, ...] = ()) -> ServerEntry:
     """`entry` as a worker uses it: `env:NAME` values from this process's environment; what stays
     unresolved (and, from Redis, what no key here unseals) is reported once per process and key."""
@@ -246,7 +254,7 @@ def for_use(name: str, entry: ServerEntry, sealed_keys: tuple[str, ...] = ()) ->
             _reported.add((name, key))
             why = "sealed, and no IFBUS_REGISTRY_KEY here opens it" if key in sealed_keys else (
                 f"its variable ({entry.auth.get(key)}) is unset or not a valid value in this process")
-            log.warning("registry: server %s auth %s is unresolved: %s", name, key, why)
+            _log().warning("registry: server %s auth %s is unresolved: %s", name, key, why)
     return dataclasses.replace(entry, auth=auth)
 
 

@@ -12,7 +12,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
-from bus import secrets as _secrets
 from bus.sip.uri import SIP_PORT
 
 ESL_PORT = 8021  # mod_event_socket's default: FreeSWITCH, and the FreeSWITCH under FusionPBX
@@ -161,9 +160,6 @@ VENDORS: Mapping[str, Vendor] = MappingProxyType(
 
 TYPES: tuple[str, ...] = tuple(VENDORS)
 
-# Words in a key that mark its value as a secret live in bus.secrets, shared with log redaction.
-SECRET_WORDS = _secrets.SECRET_WORDS
-
 # The credentials each type cannot work without: alternatives, one of which must be complete. `add`
 # refuses an entry that has none (it would join its failover pool and fail every call there).
 REQUIRED_AUTH: Mapping[str, tuple[tuple[str, ...], ...]] = MappingProxyType(
@@ -191,11 +187,17 @@ def vendor(type_: str) -> Vendor:
 
 def is_secret(type_: str, key: str) -> bool:
     """The catalogue's secret keys for this type, or any key bus.secrets calls secret by its name."""
+    from bus.secrets import is_secret_key  # here: `--help` needs the catalogue, not the redaction patterns
+
     entry = VENDORS.get(type_)
-    return (entry is not None and key in entry.secret_keys) or _secrets.is_secret_key(key)
+    return (entry is not None and key in entry.secret_keys) or is_secret_key(key)
 
 
-mask = _secrets.mask
+def mask(value: str) -> str:
+    """bus.secrets.mask (imported on first use, as in is_secret)."""
+    from bus.secrets import mask as mask_
+
+    return mask_(value)
 
 
 def missing_auth(type_: str, auth: Mapping[str, str]) -> str | None:

@@ -7,7 +7,6 @@ Heavy libraries (pydantic, redis, rq, httpx) are imported inside the commands th
 from __future__ import annotations
 
 import functools
-import json
 import sys
 from collections.abc import Callable
 from typing import Any, NoReturn
@@ -25,22 +24,29 @@ KIND_HELP = "the word `sip` (the spec's grammar: `if bus <command> sip <name>`)"
 # ---------------------------------------------------------------- output helpers
 
 
+def dumps(obj: Any, **options: Any) -> str:
+    """json.dumps, imported on first use: `--help` and a plain `list` print no JSON."""
+    import json
+
+    return json.dumps(obj, **options)
+
+
 def emit(as_json: bool, obj: dict[str, Any], line: str) -> None:
     """A success: one line for people, or one JSON object (with its exit code, 0) for scripts."""
-    click.echo(json.dumps({"exit_code": 0, **obj}, ensure_ascii=False) if as_json else line)
+    click.echo(dumps({"exit_code": 0, **obj}, ensure_ascii=False) if as_json else line)
 
 
 def emit_failure(as_json: bool, outcome: str, exit_code: int, message: str) -> None:
     """A failure the bus did not class (click's usage errors, Ctrl-C): under --json the same shape as
     `fail`, then the message on stderr."""
     if as_json:
-        click.echo(json.dumps({"ok": False, "outcome": outcome, "exit_code": exit_code, "message": message}))
+        click.echo(dumps({"ok": False, "outcome": outcome, "exit_code": exit_code, "message": message}))
 
 
 def fail(exc: BusError, as_json: bool) -> NoReturn:
     if as_json:
         click.echo(
-            json.dumps(
+            dumps(
                 {
                     "ok": False,
                     "outcome": exc.outcome.value,
@@ -482,7 +488,7 @@ def _submit(
         return
     if outcome["exit_code"]:
         if as_json:
-            click.echo(json.dumps({"ok": False, **outcome}, ensure_ascii=False))
+            click.echo(dumps({"ok": False, **outcome}, ensure_ascii=False))
         click.echo(outcome["message"] if outcome["sip_code"] else f"Error: {outcome['message']}", err=True)
         sys.exit(outcome["exit_code"])
     data = outcome["data"]
@@ -692,7 +698,7 @@ def schema(as_json: bool) -> None:
     if as_json:
         emit(True, {"ok": True, "schemas": json_schemas()}, "")
     else:
-        click.echo(json.dumps(json_schemas(), indent=2))
+        click.echo(dumps(json_schemas(), indent=2))
 
 
 @cli.command(context_settings=CONTEXT)

@@ -10,38 +10,25 @@ The names below are the ones adapters use; they are defined in the modules above
 "The SIP facts module" describes them).
 """
 
-from bus.sip.codes import (
-    Q850_NAMES,
-    Q850_TO_SIP,
-    REASON_PHRASES,
-    SIP_TO_Q850,
-    q850_cause,
-    q850_to_sip,
-    reason_phrase,
-    sip_to_q850,
-)
-from bus.sip.numbers import E164_RE, TelUri, for_vendor, parse_tel, to_e164, twilio_endpoint, vonage_number
-from bus.sip.uri import check_call_id, check_party, check_sip_uri, sip_uri, with_uri_param
+from __future__ import annotations
 
-__all__ = [
-    "E164_RE",
-    "Q850_NAMES",
-    "Q850_TO_SIP",
-    "REASON_PHRASES",
-    "SIP_TO_Q850",
-    "TelUri",
-    "check_call_id",
-    "check_party",
-    "check_sip_uri",
-    "for_vendor",
-    "parse_tel",
-    "q850_cause",
-    "q850_to_sip",
-    "reason_phrase",
-    "sip_to_q850",
-    "sip_uri",
-    "to_e164",
-    "twilio_endpoint",
-    "vonage_number",
-    "with_uri_param",
-]
+from typing import Any
+
+from bus.lazy import lazy_exports
+
+# Loaded on first use (PEP 562): `bus.vendors` needs only bus.sip.uri's SIP_PORT, and `list`/`--help`
+# should not compile the number and code tables (tests/test_import_weight.py, bench/startup.py).
+_HOMES = {
+    **dict.fromkeys(("Q850_NAMES", "Q850_TO_SIP", "REASON_PHRASES", "SIP_TO_Q850", "q850_cause", "q850_to_sip",
+                     "reason_phrase", "sip_to_q850"), "bus.sip.codes"),
+    **dict.fromkeys(("E164_RE", "TelUri", "for_vendor", "parse_tel", "to_e164", "twilio_endpoint",
+                     "vonage_number"), "bus.sip.numbers"),
+    **dict.fromkeys(("check_call_id", "check_party", "check_sip_uri", "sip_uri", "with_uri_param"), "bus.sip.uri"),
+}  # fmt: skip
+
+__all__ = sorted(_HOMES)
+_lazy = lazy_exports(__name__, _HOMES)
+
+
+def __getattr__(name: str) -> Any:  # a def, so type checkers see the PEP 562 hook
+    return _lazy(name)

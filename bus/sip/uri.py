@@ -7,6 +7,7 @@ from __future__ import annotations
 import re
 
 from bus.errors import InvalidInput
+from bus.lazy import pattern
 from bus.validate import check_value
 from bus.validate import show as _show
 
@@ -67,10 +68,10 @@ _HOSTNAME = rf"(?:{_LABEL}\.)*[A-Za-z](?:[A-Za-z0-9-]{{0,61}}[A-Za-z0-9])?\.?"
 _OCTET = r"(?:25[0-5]|2[0-4][0-9]|1[0-9]{2}|[1-9]?[0-9])"
 _IPV4 = rf"{_OCTET}(?:\.{_OCTET}){{3}}"
 _IPV6_REF = r"\[[0-9A-Fa-f:.]{2,45}\]"
-HOST_RE = re.compile(rf"{_HOSTNAME}|{_IPV4}|{_IPV6_REF}")
-_PNAME = re.compile(r"[A-Za-z0-9\-_.!~*+]{1,32}")
-_PVALUE = re.compile(rf"(?:[A-Za-z0-9\-_.!~*+\[\]/:]|{_ESCAPED}){{1,128}}")
-_SIP_URI = re.compile(
+HOST_RE = pattern(rf"{_HOSTNAME}|{_IPV4}|{_IPV6_REF}")
+_PNAME = pattern(r"[A-Za-z0-9\-_.!~*+]{1,32}")
+_PVALUE = pattern(rf"(?:[A-Za-z0-9\-_.!~*+\[\]/:]|{_ESCAPED}){{1,128}}")
+_SIP_URI = pattern(
     rf"(?P<scheme>sips?):(?:(?P<user>{_USER})@)?(?P<host>{_IPV6_REF}|[^:;]+)"
     rf"(?::(?P<port>[0-9]{{1,5}}))?(?P<params>(?:;[^;]*)*)",
     re.IGNORECASE,
@@ -79,12 +80,12 @@ FORBIDDEN_PARAMS = frozenset({"method"})
 MAX_URI = 256
 # A dialable word for a PBX (Asterisk, FreeSWITCH, FusionPBX): an extension, a number, or a
 # technology/resource form like `PJSIP/1001`; never a dial-string delimiter (`& , | ( ) { } $ ^ ;`).
-DIAL_WORD_RE = re.compile(r"[A-Za-z0-9_.+*#/@:-]{1,128}")
+DIAL_WORD_RE = pattern(r"[A-Za-z0-9_.+*#/@:-]{1,128}")
 # Twilio's non-SIP identities: `client:` names (alphanumerics and `_`, per Twilio), `sim:` SIDs.
-TWILIO_IDENTITY_RE = re.compile(r"(?:client:[A-Za-z0-9_.-]{1,121}|sim:DE[0-9a-fA-F]{32})")
+TWILIO_IDENTITY_RE = pattern(r"(?:client:[A-Za-z0-9_.-]{1,121}|sim:DE[0-9a-fA-F]{32})")
 # A call id as servers hand them out (Twilio CallSid, Kamailio/ESL ids, Asterisk channel names such
 # as `Local/1001@default-00000001;1`): RFC 3261 `word [@ word]` minus quotes, brackets and braces.
-CALL_ID_RE = re.compile(r"[A-Za-z0-9\-_.!%*+~:/@;]{1,256}")
+CALL_ID_RE = pattern(r"[A-Za-z0-9\-_.!%*+~:/@;]{1,256}")
 
 
 def check_sip_uri(value: str, role: str = "uri") -> str:
