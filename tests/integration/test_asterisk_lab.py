@@ -177,3 +177,126 @@ def test_queue_mode_through_a_worker(lab: Lab) -> None:
         assert party.wait_count("BYE", byes + 1) == byes + 1
         code, result, err = lab.ifbus("hangup", "sip", "myast", f"call_id={call_id}", **env)
         assert code == 0 and "had already ended" in str(result["message"]), err
+
+
+# ---------------------------------------------------------------- adoption: a fresh process recovers the call
+#
+# One process places the call through the adapter and dies at once (os._exit: no Logoff, no follow); a
+# second process, with an adapter of its own on a new AMI session, calls `recover(ref)` — what the
+# follower does with a call of a dead worker. Both run inside the namespace.
+
+ADOPT = """
+import json, os, sys, time
+from bus.calls import CallRef
+from bus.errors import BusError
+from bus.server import ServerEntry
+from workers.adapters.asterisk import AsteriskAdapter
+step, arg, options = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
+entry = ServerEntry.build("asterisk", {"user": "admin", "secret": "pass123"}, host="127.0.0.1", port=5038,
+                          options={"context": "ctx", **options})
+adapter = AsteriskAdapter("myast", entry)
+if step == "place":
+    print(json.dumps(adapter.originate(arg, "park", {}, time.monotonic() + 10).to_json()), flush=True)
+    os._exit(0)
+try:
+    answer = adapter.recover(CallRef.from_json(json.loads(arg)), time.monotonic() + 30)
+    out = {"outcome": "answered", "message": answer.message, "data": answer.data}
+except BusError as exc:
+    out = {"outcome": exc.outcome.value, "message": exc.message, "details": exc.details}
+adapter.close()
+print(json.dumps(out))
+"""
+
+# A UAS that rings for 3 s before it answers: long enough for the adopting process to look while it rings.
+SLOW_ANSWER = """<?xml version="1.0" encoding="ISO-8859-1" ?>
+<!DOCTYPE scenario SYSTEM "sipp.dtd">
+<scenario name="ring 3 s, then answer">
+  <recv request="INVITE" crlf="true"/>
+  <send><![CDATA[
+      SIP/2.0 180 Ringing
+      [last_Via:]
+      [last_From:]
+      [last_To:];tag=[pid]SIPpTag01[call_number]
+      [last_Call-ID:]
+      [last_CSeq:]
+      Contact: <sip:[local_ip]:[local_port];transport=[transport]>
+      Content-Length: 0
+
+    ]]></send>
+  <pause milliseconds="3000"/>
+  <send retrans="500"><![CDATA[
+      SIP/2.0 200 OK
+      [last_Via:]
+      [last_From:]
+      [last_To:];tag=[pid]SIPpTag01[call_number]
+      [last_Call-ID:]
+      [last_CSeq:]
+      Contact: <sip:[local_ip]:[local_port];transport=[transport]>
+      Content-Type: application/sdp
+      Content-Length: [len]
+
+      v=0
+      o=user1 53655765 2353687637 IN IP[local_ip_type] [local_ip]
+      s=-
+      c=IN IP[media_ip_type] [media_ip]
+      t=0 0
+      m=audio [media_port] RTP/AVP 0
+      a=rtpmap:0 PCMU/8000
+
+    ]]></send>
+  <recv request="ACK"/>
+  <recv request="BYE"/>
+  <send><![CDATA[
+      SIP/2.0 200 OK
+      [last_Via:]
+      [last_From:]
+      [last_To:]
+      [last_Call-ID:]
+      [last_CSeq:]
+      Content-Length: 0
+
+    ]]></send>
+</scenario>
+"""
+
+
+def _adopt(party: str, **options: str) -> tuple[str, dict[str, object]]:
+    """Place through one process that dies, recover in another: (the call id, what recover said)."""
+    run = {"capture_output": True, "text": True, "timeout": 60}
+    placed = subprocess.run(NS.argv(sys.executable, "-c", ADOPT, "place", party, json.dumps(options)), **run)
+    assert placed.returncode == 0, placed.stderr
+    ref = placed.stdout.strip()
+    recovered = subprocess.run(NS.argv(sys.executable, "-c", ADOPT, "recover", ref, "{}"), **run)
+    assert recovered.returncode == 0, recovered.stderr
+    return str(json.loads(ref)["call_id"]), json.loads(recovered.stdout)
+
+
+def test_adopted_calls_end_with_their_real_outcome(lab: Lab, tmp_path: Path) -> None:
+    """`recover` in a process that never saw the Originate, against the real server:
+
+    - a party that rings 3 s and then answers: Status shows `Ringing`, then Up → answered (and the hang-up
+      that follows sends the party its BYE); exactly one INVITE reached it;
+    - `sippring` (rings forever) with answer_timeout=3: seen ringing, then `Hangup` `TechCause: 480` → 480;
+    - `sippbusy` (486 at once): gone before the adopter looks, `No such channel` → outcome unknown."""
+    (tmp_path / "slow_answer.xml").write_text(SLOW_ANSWER)
+    slow = _party(tmp_path, "sipp", ["-sf", str(tmp_path / "slow_answer.xml")])
+    try:
+        call_id, result = _adopt(slow.dial)
+        assert result["outcome"] == "answered", result
+        assert result["message"] == f"Call {call_id} answered on myast"
+        assert result["data"] == {"channel": result["data"]["channel"], "recovered": True,  # type: ignore[index]
+                                  "state_at_adoption": "Ringing"}  # fmt: skip
+        code, answer, err = lab.ifbus("hangup", "sip", "myast", f"call_id={call_id}")
+        assert code == 0 and answer["message"] == f"Call {call_id} ended on myast", err
+        assert slow.wait_count("BYE", 1) == 1
+        assert slow.count("INVITE") == 1
+    finally:
+        slow.stop()
+
+    call_id, result = _adopt("PJSIP/sippring", answer_timeout="3")
+    assert result["outcome"] == "rejected", result
+    assert result["details"]["sip_code"] == 480 and result["details"]["tech_cause"] == "480"  # type: ignore[index]
+    assert result["details"]["call_id"] == call_id  # type: ignore[index]
+
+    call_id, result = _adopt("PJSIP/sippbusy")
+    assert result["outcome"] == "ambiguous" and "No such channel" in str(result["message"]), result
