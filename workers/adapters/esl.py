@@ -261,10 +261,21 @@ def filter_delete(header: str, value: str) -> bytes:
     return command("filter delete " + _filter_words(header, value))
 
 
-def uuid_kill(call_uuid: str) -> bytes:
+def _channel_uuid(call_uuid: str) -> str:
     if not UUID_RE.fullmatch(call_uuid):
         raise InvalidInput(f"call_id={show(call_uuid)}: a FreeSWITCH call id is a channel UUID (8-4-4-4-12 hex)")
-    return api(f"uuid_kill {call_uuid}")
+    return call_uuid
+
+
+def uuid_kill(call_uuid: str) -> bytes:
+    return api(f"uuid_kill {_channel_uuid(call_uuid)}")
+
+
+def uuid_dump(call_uuid: str) -> bytes:
+    """`api uuid_dump <uuid>`: the channel's state as the header block of an event (`Answer-State`,
+    `Channel-State`, …; URL-encoded, mod_commands.c uuid_dump_function, format txt), or
+    `-ERR No such channel!`. Read-only: the look an adopted call starts with."""
+    return api(f"uuid_dump {_channel_uuid(call_uuid)}")
 
 
 def check_dial_string(value: str, role: str) -> str:

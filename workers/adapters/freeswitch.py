@@ -11,7 +11,10 @@ Commands sent (wire shapes: workers/adapters/esl.py; public behaviour: docs/free
   `bgapi originate {origination_uuid=<uuid>,originate_timeout=<s>,ignore_early_media=true}<A> <B-part>`
   with our own Job-UUID; answered = BACKGROUND_JOB `+OK <uuid>`; refused = `-ERR <CAUSE>`, settled with
   the CHANNEL_HANGUP_COMPLETE of that uuid (`variable_sip_term_status`, else the cause via bus.sip);
-- hangup = `api uuid_kill <uuid>`; `-ERR No such channel!` = already ended.
+- hangup = `api uuid_kill <uuid>`; `-ERR No such channel!` = already ended;
+- recover = a call another worker placed (it died; the follower adopted it): the same two filters and
+  subscription first, then `api uuid_dump <uuid>` (read-only) and a decision from the server's own
+  state — see `recover`.
 
 Events are matched by origination_uuid and Job-UUID, never by order: the captures show
 CHANNEL_HANGUP_COMPLETE before BACKGROUND_JOB for busy and timer B, after it for NO_ANSWER, and no
@@ -239,30 +242,38 @@ class FreeSwitchAdapter(Adapter):
         }
         return "originate " + esl.originate_args(variables, self.a_leg(from_), self.b_part(to))
 
-    def originate(self, from_: str, to: str, extras: dict[str, str], deadline: float) -> CallRef:
-        self.check_extras(extras, self.call_extras, "call")
-        call_uuid, job = esl.new_uuid(), esl.new_uuid()
-        command = esl.bgapi(self.originate_command(from_, to, call_uuid), job)
+    def _listen(self, call_uuid: str, job: str, deadline: float) -> tuple[StreamTransport[esl.EslFrame], _Call]:
+        """Subscribe to the call's events and let them through the session's filters, before anything
+        about the call is sent or asked (its events can beat the reply)."""
         transport = self.session().ready()
         sub = transport.subscribe(
             lambda f: f.event is not None and (f.event.get("Unique-ID") == call_uuid or f.event.get("Job-UUID") == job)
         )
         try:
-            for data in (esl.filter_add("Unique-ID", call_uuid), esl.filter_add("Job-UUID", job)):
-                reply = EslSession._setup(transport, data, self._deadline(deadline))
+            for header, value in (("Unique-ID", call_uuid), ("Job-UUID", job)):
+                reply = EslSession._setup(transport, esl.filter_add(header, value), self._deadline(deadline))
                 if not reply.ok:
                     raise Unreachable(f"{self.name}: event filter refused: {show(reply.reply_text)}", server=self.name)
-            try:
-                reply = transport.request(command, self._deadline(deadline))
-            except OutcomeUnknown as exc:
-                exc.details.setdefault("call_id", call_uuid)
-                raise
         except BaseException:
             sub.close()
             raise
+        return transport, _Call(job, sub)
+
+    def originate(self, from_: str, to: str, extras: dict[str, str], deadline: float) -> CallRef:
+        self.check_extras(extras, self.call_extras, "call")
+        call_uuid, job = esl.new_uuid(), esl.new_uuid()
+        command = esl.bgapi(self.originate_command(from_, to, call_uuid), job)
+        transport, call = self._listen(call_uuid, job, deadline)
+        try:
+            reply = transport.request(command, self._deadline(deadline))
+        except BaseException as exc:
+            call.sub.close()
+            if isinstance(exc, OutcomeUnknown):
+                exc.details.setdefault("call_id", call_uuid)
+            raise
         text = reply.reply_text
         if not text.startswith("+OK"):
-            sub.close()
+            call.sub.close()
             if "permission denied" in text:
                 raise self.auth_failed("this event-socket login may not run originate (esl-allowed-api)")
             raise OutcomeUnknown(
@@ -270,7 +281,7 @@ class FreeSwitchAdapter(Adapter):
                 server=self.name,
             )
         with self._calls_lock:
-            self._calls[call_uuid] = _Call(job, sub)
+            self._calls[call_uuid] = call
         return CallRef(self.name, call_uuid, {"job_uuid": job})
 
     # ------------------------------------------------------------------ follow
@@ -353,6 +364,103 @@ class FreeSwitchAdapter(Adapter):
             number = q850_cause(cause)
             code = q850_to_sip(number if number is not None else 31, self.type) or 480
         return CallRejected(code, reason_phrase(code), server=self.name, call_id=call_uuid, **details)
+
+    # ------------------------------------------------------------------ recover
+
+    def recover(self, ref: CallRef, deadline: float) -> Answer:
+        """Follow a call another worker placed (it died; the follower adopted the call), from
+        FreeSWITCH's own state. Its BACKGROUND_JOB and CHANNEL_ANSWER may have gone to the dead worker's
+        socket already, so listening alone could wait for what passed. So: the call's filters and
+        subscription first (nothing slips between the look and the listening), then `api uuid_dump
+        <uuid>` (read-only; it can never place a call), and the decision of `_recovered`."""
+        call_uuid = ref.call_id or ""
+        look = esl.uuid_dump(call_uuid)  # checked before any I/O
+        # a CallRef of this adapter always names its Job-UUID; without one, the call's events still pass
+        job = ref.handle.get("job_uuid") or NO_CALL
+        transport, call = self._listen(call_uuid, job, deadline)
+        try:
+            dump = transport.request(look, self._deadline(deadline))
+            return self._recovered(call_uuid, call, dump, deadline)
+        finally:
+            self._release(call_uuid, call)
+
+    def _recovered(self, call_uuid: str, call: _Call, dump: esl.EslFrame, deadline: float) -> Answer:
+        """Decide from the server's words. The dump is the newest state; events queued before its reply
+        happened before it, events after it are the call going on:
+
+        - `Answer-State: answered` → answered; `ringing` or `early` → keep following to the end:
+          CHANNEL_ANSWER or BACKGROUND_JOB `+OK` → answered, `-ERR <CAUSE>` and CHANNEL_HANGUP_COMPLETE
+          → refused with the SIP code as `follow` finds it; a hang-up event whose
+          `variable_answer_epoch` is not 0 was answered first (and has ended since);
+        - `-ERR No such channel!` (or `Answer-State: hangup`: its last events may have gone before our
+          filters) and no event of it queued → it ended before we looked; FreeSWITCH keeps no record
+          of how (answered, or refused): outcome unknown, never a guess.
+        """
+        text = dump.text.strip()
+        if text.startswith("-ERR No such channel"):
+            state = "gone"
+        elif text.startswith(("-ERR", "-USAGE")) or dump.content_type != esl.API_RESPONSE:
+            raise OutcomeUnknown(
+                f"{self.name}: uuid_dump {call_uuid} answered {show(text, 80)}", server=self.name, call_id=call_uuid
+            )
+        else:
+            state = esl.parse_event(dump.body).get("Answer-State") or "?"
+        if state == "answered":
+            return self._answered(call_uuid, call.job, state)
+        now = time.monotonic()
+        limit = {"gone": now, "hangup": min(deadline, now + HANGUP_GRACE)}.get(state, deadline)
+        result: str | None = None
+        hangup: esl.EslEvent | None = None
+        while True:
+            try:
+                frame = call.sub.get(limit)
+            except TimeoutError:
+                break
+            event = frame.event
+            assert event is not None
+            if event.name == "BACKGROUND_JOB" and event.get("Job-UUID") == call.job:
+                result = (event.body or "").strip()
+                if result.startswith("+OK"):
+                    return self._answered(call_uuid, call.job, state)
+            elif event.name == "CHANNEL_HANGUP_COMPLETE" and event.get("Unique-ID") == call_uuid:
+                hangup = event
+                if event.get("variable_answer_epoch", "0") not in ("", "0"):
+                    return self._answered(call_uuid, call.job, state, ended=True)
+            elif event.name == "CHANNEL_ANSWER" and event.get("Unique-ID") == call_uuid:
+                return self._answered(call_uuid, call.job, state)
+            if result is not None and hangup is not None:
+                break
+            if result is not None or hangup is not None:  # the other one is close behind, if it comes at all
+                limit = min(limit, time.monotonic() + HANGUP_GRACE)
+        if hangup is not None or result is not None:
+            cause = hangup.get("Hangup-Cause") if hangup is not None else ""
+            raise self._rejection(call_uuid, result or f"-ERR {cause}", hangup)
+        why = {
+            "gone": "is no longer on the server (uuid_dump: No such channel)",
+            "hangup": "was hanging up when we looked",
+        }.get(state)
+        if why is not None:
+            raise OutcomeUnknown(
+                f"{self.name}: call {call_uuid} {why} and FreeSWITCH keeps no record of how it ended: "
+                "it may have been answered",
+                server=self.name,
+                call_id=call_uuid,
+            )
+        raise OutcomeUnknown(
+            f"{self.name}: call {call_uuid} had no outcome before the deadline (Answer-State {show(state, 20)})",
+            server=self.name,
+            call_id=call_uuid,
+        )
+
+    def _answered(self, call_uuid: str, job: str, looked: str, ended: bool = False) -> Answer:
+        """The answer `follow` gives, marked as recovered, with what the look saw (the dump's
+        `Answer-State`: ringing, early, answered; `gone`) and saying so when the call has ended since."""
+        since = " (it has ended since)" if ended else ""
+        return Answer(
+            f"Call {call_uuid} answered on {self.name}{since}",
+            call_id=call_uuid,
+            data={"job_uuid": job, "recovered": True, "state_at_adoption": looked},
+        )
 
     def _release(self, call_uuid: str, call: _Call) -> None:
         """Drop the call's subscription and filters; best effort (a lost session took them already)."""
