@@ -7,9 +7,10 @@ Targets (issue 16, "a light process"), medians of interleaved runs:
   - a whole `ifbus test sip kam` process in queue mode, against a real Kamailio
     (deploy/kamailio/kamailio.cfg, tests/lab.py) with a running `ifbus worker kamailio` on a private
     redis-server: at most 10x `python -c pass`.
-Ratios, not milliseconds, are the figures to compare across machines. `python -X importtime` says
-where a case's time goes (docs/cli.md, "Start-up"); tests/test_import_weight.py keeps heavy modules
-out of `list` and `--help`.
+Ratios, not milliseconds, are the figures to compare across machines; the `import click` row is the
+floor every click command pays (click.core pulls inspect, ast, dis, typing, enum, uuid, datetime).
+`python -X importtime` says where a case's time goes (docs/cli.md, "Start-up");
+tests/test_import_weight.py keeps heavy modules out of `list`, `--help` and a queue-mode submit.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from pathlib import Path
 
 BIN = Path(sys.executable).parent
 BARE = "python -c pass"
+CLICK = "python -c 'import click'"  # the floor for any click CLI: no target, for reading the others
 TARGETS = {"ifbus --help": 3.0, "ifbus list sip (50 servers)": 3.0, "ifbus test sip kam (queue, real Kamailio)": 10.0}
 
 
@@ -105,6 +107,7 @@ def main() -> None:
             )
         cases: dict[str, tuple[list[str], dict[str, str]]] = {
             BARE: ([sys.executable, "-c", "pass"], env),
+            CLICK: ([sys.executable, "-c", "import click"], env),
             "ifbus --help": ([ifbus, "--help"], env),
             "ifbus list sip (50 servers)": ([ifbus, "list", "sip"], env),
         }
