@@ -6,15 +6,19 @@ interleaved). Each test names the capture it replays.
 from __future__ import annotations
 
 import re
+import threading
 import time
 from collections.abc import Iterator
 
 import pytest
 
+from bus.calls import CallRef
 from bus.errors import AuthFailed, CallRejected, InvalidInput, OutcomeUnknown, Unreachable
 from bus.server import ServerEntry
+from tests.lab import wait_for
 from tests.peers.esl import EslPeer
 from workers.adapters import adapter_class
+from workers.adapters.base import Answer
 from workers.adapters.freeswitch import FreeSwitchAdapter
 
 SIPP = "sofia/internal/sipp@127.0.0.1"
@@ -232,3 +236,120 @@ def test_filter_commands_are_the_ones_the_real_server_accepted(peer: EslPeer) ->
     ]
     assert commands[5].startswith(f"bgapi originate {{origination_uuid={ref.call_id},")
     adapter.close()
+
+
+# ---------------------------------------------------------------- recover (a call adopted from a dead worker)
+#
+# esl_adopt_transcript.txt: another connection with the call's filters gets its events, and `api uuid_dump
+# <uuid>` shows `Answer-State: ringing` or `answered`, or `-ERR No such channel!` once it is gone. The worker
+# that placed the call is one adapter; the adopter is a fresh adapter on its own socket, which never sent
+# the bgapi. The peer splits every write into small pieces and interleaves another call's event.
+
+ZERO = "00000000-0000-0000-0000-000000000000"
+
+
+class Recovering:
+    """`adopter.recover(ref)` in a thread, so the test can move the call on meanwhile."""
+
+    def __init__(self, adopter: FreeSwitchAdapter, ref: CallRef, wait: float = 10) -> None:
+        self.outcome: object = None
+        self._thread = threading.Thread(target=self._run, args=(adopter, ref, wait), daemon=True)
+        self._thread.start()
+
+    def _run(self, adopter: FreeSwitchAdapter, ref: CallRef, wait: float) -> None:
+        try:
+            self.outcome = adopter.recover(ref, time.monotonic() + wait)
+        except Exception as exc:  # kept for the test to look at
+            self.outcome = exc
+
+    def result(self) -> object:
+        self._thread.join(15)
+        assert not self._thread.is_alive(), "recover did not return"
+        return self.outcome
+
+
+def _dumped(peer: EslPeer, ref: CallRef) -> bool:
+    return f"api uuid_dump {ref.call_id}" in peer.received
+
+
+@pytest.mark.parametrize(
+    ("port", "outcome"),
+    [
+        ("5070", "answered"),  # esl_originate_answer_kill_transcript.txt: CHANNEL_ANSWER, BACKGROUND_JOB +OK
+        ("5072", 480),  # esl_originate_noanswer_transcript.txt: BACKGROUND_JOB -ERR NO_ANSWER, then the hangup
+        ("5071", 486),  # esl_originate_busy_transcript.txt: hangup (sip_term_status 486), then -ERR USER_BUSY
+    ],
+)
+def test_recover_a_ringing_call_to_its_end(peer: EslPeer, port: str, outcome: object) -> None:
+    """The call still rings when its worker dies (the peer holds its events): the dump says `ringing`, so
+    the adopter keeps listening; the held events then reach it through its own filters, and it ends as
+    `follow` would have. Nothing that could place a call is sent again; the filters go afterwards."""
+    peer.hold.clear()
+    worker = make(peer)
+    ref = worker.originate(f"{SIPP}:{port}", "9196", {}, soon())
+    adopter = make(peer)
+    recovering = Recovering(adopter, ref)
+    assert wait_for(lambda: _dumped(peer, ref), 10)
+    peer.hold.set()
+    result = recovering.result()
+    if outcome == "answered":
+        assert isinstance(result, Answer), result
+        assert result.message == f"Call {ref.call_id} answered on myfs"
+        assert result.data == {"job_uuid": ref.handle["job_uuid"], "recovered": True, "state_at_adoption": "ringing"}
+    else:
+        assert isinstance(result, CallRejected) and result.sip_code == outcome, result
+        assert result.details["call_id"] == ref.call_id
+    assert len(bgapi_lines(peer)) == 1
+    assert peer.sessions[1].filters == [("Unique-ID", ZERO)]  # the call's own filters were deleted
+    worker.close()
+    adopter.close()
+
+
+def test_recover_a_call_already_answered_at_adoption(peer: EslPeer) -> None:
+    """The worker saw the answer and died before recording it: the dump says `Answer-State: answered`."""
+    worker = make(peer)
+    ref = worker.originate(f"{SIPP}:5070", "9196", {}, soon())
+    assert isinstance(worker.follow(ref, soon()), Answer)
+    adopter = make(peer)
+    answer = adopter.recover(ref, soon())
+    assert answer.message == f"Call {ref.call_id} answered on myfs"
+    assert answer.data["state_at_adoption"] == "answered"
+    assert len(bgapi_lines(peer)) == 1
+    worker.close()
+    adopter.close()
+
+
+def test_recover_a_call_that_is_gone_is_outcome_unknown(peer: EslPeer) -> None:
+    """The busy call ended before adoption: `-ERR No such channel!` and FreeSWITCH keeps no record of how
+    it ended, so the honest answer is outcome unknown (never "refused", never a second originate)."""
+    worker = make(peer)
+    ref = worker.originate(f"{SIPP}:5071", "9196", {}, soon())
+    with pytest.raises(CallRejected):
+        worker.follow(ref, soon())
+    adopter = make(peer)
+    with pytest.raises(OutcomeUnknown, match="No such channel") as info:
+        adopter.recover(ref, soon())
+    assert info.value.exit_code == 6 and info.value.details["call_id"] == ref.call_id
+    assert "may have been answered" in info.value.message
+    assert len(bgapi_lines(peer)) == 1
+    worker.close()
+    adopter.close()
+
+
+def test_recover_still_ringing_at_the_deadline_is_outcome_unknown(peer: EslPeer) -> None:
+    peer.hold.clear()
+    worker = make(peer)
+    ref = worker.originate(f"{SIPP}:5070", "9196", {}, soon())
+    adopter = make(peer)
+    with pytest.raises(OutcomeUnknown, match="no outcome before the deadline"):
+        adopter.recover(ref, time.monotonic() + 0.5)
+    peer.hold.set()
+    worker.close()
+    adopter.close()
+
+
+def test_recover_refuses_a_call_id_that_is_not_a_uuid(peer: EslPeer) -> None:
+    adopter = make(peer)
+    with pytest.raises(InvalidInput):
+        adopter.recover(CallRef("myfs", "1234 api shutdown", {}), soon())
+    assert not any("uuid_dump" in r for r in peer.received)

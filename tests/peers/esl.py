@@ -23,6 +23,14 @@ a word (`drop`), or closed the way a stopping FreeSWITCH closes it (`shutdown`: 
 Which capture an originate replays is chosen by the port in its dial string (the lab's SIPp ports:
 5070 answers, 5071 busy 486, 5072 rings until originate_timeout, 5073 silent until timer B), or by
 `scenario_for`, a hook a test sets.
+
+A call's events go to every session whose subscriptions and filters let them through, not only to the
+one that sent the bgapi (esl_adopt_transcript.txt: a second connection with the call's filters gets
+its BACKGROUND_JOB and CHANNEL_HANGUP_COMPLETE), so another worker can adopt the call. `api uuid_dump
+<uuid>` answers the dump that capture recorded for the channel's state — `Answer-State: ringing` from
+the originate until its CHANNEL_ANSWER, `answered` after it — with only the uuid substituted (same
+length, so the captured Content-Length holds), and the captured `-ERR No such channel!` once its
+CHANNEL_HANGUP_COMPLETE was sent (or for a uuid never seen). Clearing `hold` keeps a call ringing.
 """
 
 from __future__ import annotations
@@ -105,6 +113,16 @@ _KILL = load("esl_originate_answer_kill_transcript.txt")
 _ANSWER = _KILL["bgapi originate sofia/internal/sipp@127.0.0.1:5070"]
 KILL_OK = _KILL["api uuid_kill eaa3ea18-2b2b-4133-9ebf-d5e5c1c80aa9"][0]
 KILL_HANGUP = _KILL["api uuid_kill eaa3ea18-2b2b-4133-9ebf-d5e5c1c80aa9"][1]
+
+
+_ADOPT = load("esl_adopt_transcript.txt")
+DUMP_RINGING = _ADOPT["adopter: filters for the call, then uuid_dump while it rings"][2]
+DUMP_ANSWERED = _ADOPT["adopter: filters, then uuid_dump of the answered call"][2]
+DUMP_NO_SUCH_CHANNEL = _ADOPT["adopter: uuid_dump after the end, filters deleted"][0]
+
+
+def _dumped_uuid(frame: bytes) -> str:
+    return re.search(rb"\nUnique-ID: ([0-9a-f-]{36})\n", frame)[1].decode()  # type: ignore[index]
 
 
 _FILTERS = load("esl_filters_transcript.txt", CAPTURES)
@@ -192,6 +210,7 @@ class EslPeer:
         self.scenario_for: Callable[[str], Scenario | None] | None = None
         self.received: list[str] = []  # every command line the peer read (bgapi headers included)
         self.live: dict[str, Scenario] = {}  # answered channels, killable with uuid_kill
+        self.channels: dict[str, str] = {}  # every channel not yet hung up: its Answer-State (ringing, answered)
         self.drop_after: str | None = None  # close the session right after the command starting with this
         self.sessions: list[Session] = []
         self.hold = threading.Event()  # when cleared, scenarios wait before their events (set by default)
@@ -327,6 +346,14 @@ class EslPeer:
     def _api(self, session: Session, cmd: str) -> None:
         if cmd in API:
             self._send(session, API[cmd])
+        elif cmd.startswith("uuid_dump "):
+            target = cmd.split()[1]
+            state = self.channels.get(target)
+            if state is None:
+                self._send(session, DUMP_NO_SUCH_CHANNEL)
+                return
+            dump = DUMP_ANSWERED if state == "answered" else DUMP_RINGING
+            self._send(session, dump.replace(_dumped_uuid(dump).encode(), target.encode()))
         elif cmd.startswith("uuid_kill "):
             target = cmd.split()[1]
             scenario = self.live.pop(target, None)
@@ -334,7 +361,7 @@ class EslPeer:
                 self._send(session, NO_SUCH_CHANNEL)
                 return
             self._send(session, KILL_OK)
-            self._emit(session, _substitute(KILL_HANGUP, scenario, target, "", None))
+            self._broadcast(_substitute(KILL_HANGUP, scenario, target, "", None))
         else:
             self._send(session, UNKNOWN_COMMAND)
 
@@ -349,16 +376,30 @@ class EslPeer:
         self._send(session, _substitute(scenario.reply, scenario, channel, job, None))
         if scenario.answered:
             self.live[channel] = scenario
+        self.channels[channel] = "ringing"
 
         def later() -> None:
             self.hold.wait(30)
             if self.interleave:
                 other = SCENARIOS["5071"].events[0]  # someone else's call: another uuid, same shape
-                self._emit(session, other)
+                self._broadcast(other)
             for frame in scenario.events:
-                self._emit(session, _substitute(frame, scenario, channel, job, arg))
+                self._broadcast(_substitute(frame, scenario, channel, job, arg))
 
         threading.Thread(target=later, daemon=True).start()
+
+    def _broadcast(self, frame: bytes) -> None:
+        """An event to every session (each one's subscriptions and filters decide), after noting the
+        channel's state for uuid_dump."""
+        name = re.search(rb"\nEvent-Name: ([A-Z_]+)", frame)
+        uuid = re.search(rb"\nUnique-ID: ([0-9a-f-]{36})\n", frame)
+        if name is not None and uuid is not None and uuid[1].decode() in self.channels:
+            if name[1] == b"CHANNEL_ANSWER":
+                self.channels[uuid[1].decode()] = "answered"
+            elif name[1] == b"CHANNEL_HANGUP_COMPLETE":
+                del self.channels[uuid[1].decode()]
+        for session in list(self.sessions):
+            self._emit(session, frame)
 
     def _emit(self, session: Session, frame: bytes) -> None:
         """Send an event if the session subscribed to it and its filters let it through."""
