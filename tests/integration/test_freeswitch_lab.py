@@ -157,3 +157,83 @@ def test_queue_mode_through_a_worker(lab: Lab) -> None:
         code, result, err = lab.ifbus("hangup", "sip", "labfs", f"call_id={result['call_id']}", **env)
         assert code == 0, err
         assert party.wait_count("BYE", byes + 1) == byes + 1
+
+
+# ---------------------------------------------------------------- adoption: a fresh process recovers the call
+#
+# One process places the call through the adapter and dies at once (os._exit: no follow, filters left to the
+# closed socket); a second process, with an adapter of its own on a new event socket, calls `recover(ref)` —
+# what the follower does with a call of a dead worker. Both run inside the namespace. The adopting process
+# is started first and reads the CallRef on stdin, so its start-up is not part of the time a call rings.
+
+ADOPT = """
+import json, os, sys, time
+from bus.calls import CallRef
+from bus.errors import BusError
+from bus.server import ServerEntry
+from workers.adapters.freeswitch import FreeSwitchAdapter
+step, arg, options = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
+entry = ServerEntry.build("freeswitch", {"apikey": "labpass", "domain": "lab.test"}, host="127.0.0.1", port=8021,
+                          options={"context": "public", **options})
+adapter = FreeSwitchAdapter("labfs", entry)
+if step == "place":
+    print(json.dumps(adapter.originate(arg, "9196", {}, time.monotonic() + 10).to_json()), flush=True)
+    os._exit(0)
+try:
+    ref = CallRef.from_json(json.loads(sys.stdin.readline() if arg == "-" else arg))
+    answer = adapter.recover(ref, time.monotonic() + 30)
+    out = {"outcome": "answered", "message": answer.message, "data": answer.data}
+except BusError as exc:
+    out = {"outcome": exc.outcome.value, "message": exc.message, "details": exc.details}
+adapter.close()
+print(json.dumps(out))
+"""
+
+# tests/sipp/ring2_answer_uas.xml: 180, 2 s of ringing, then 200 — the adopter looks while it rings.
+RING_THEN_ANSWER = Path(__file__).resolve().parents[1] / "sipp" / "ring2_answer_uas.xml"
+
+
+def _adopt(party: str, **options: str) -> tuple[str, dict[str, object]]:
+    """Place through one process that dies, recover in another: (the call id, what recover said)."""
+    adopter = subprocess.Popen(NS.argv(sys.executable, "-c", ADOPT, "recover", "-", "{}"), stdin=subprocess.PIPE,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        placed = subprocess.run(NS.argv(sys.executable, "-c", ADOPT, "place", party, json.dumps(options)),
+                                capture_output=True, text=True, timeout=60)  # fmt: skip
+        assert placed.returncode == 0, placed.stderr
+        out, err = adopter.communicate(placed.stdout, timeout=60)
+    finally:
+        if adopter.poll() is None:
+            adopter.kill()
+    assert adopter.returncode == 0, err
+    return str(json.loads(placed.stdout)["call_id"]), json.loads(out)
+
+
+def test_adopted_calls_end_with_their_real_outcome(lab: Lab, tmp_path: Path) -> None:
+    """`recover` in a process that never sent the bgapi, against the real server:
+
+    - a party that rings 2 s and then answers: uuid_dump says `Answer-State: ringing`, then CHANNEL_ANSWER /
+      BACKGROUND_JOB `+OK` reach the adopter through its filters → answered (the hang-up that follows sends
+      the party its BYE); exactly one INVITE reached it;
+    - the ringing party with originate_timeout=3: seen ringing, then `-ERR NO_ANSWER` → 480;
+    - the busy party (486 at once): gone before the adopter looks, `-ERR No such channel!` → outcome unknown."""
+    slow = _party(tmp_path, "ring2", ["-sf", str(RING_THEN_ANSWER)])
+    try:
+        call_id, result = _adopt(slow.dial)
+        assert result["outcome"] == "answered", result
+        assert result["message"] == f"Call {call_id} answered on labfs"
+        assert result["data"]["state_at_adoption"] == "ringing" and result["data"]["recovered"] is True  # type: ignore[index]
+        code, answer, err = lab.ifbus("hangup", "sip", "labfs", f"call_id={call_id}")
+        assert code == 0 and answer["message"] == f"Call {call_id} ended on labfs", err
+        assert slow.wait_count("BYE", 1) == 1
+        assert slow.count("INVITE") == 1
+    finally:
+        slow.stop()
+
+    call_id, result = _adopt(lab.ring.dial, originate_timeout="3")
+    assert result["outcome"] == "rejected", result
+    assert result["details"]["sip_code"] == 480 and result["details"]["cause"] == "NO_ANSWER"  # type: ignore[index]
+    assert result["details"]["call_id"] == call_id  # type: ignore[index]
+
+    call_id, result = _adopt(lab.busy.dial)
+    assert result["outcome"] == "ambiguous" and "No such channel" in str(result["message"]), result
