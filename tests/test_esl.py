@@ -152,3 +152,22 @@ def test_originate_arguments() -> None:
         esl.dialplan_part("2000", "default evil")
     with pytest.raises(InvalidInput):
         esl.uuid_kill("not-a-uuid; api shutdown")
+
+
+def test_uuid_dump_is_read_as_an_event_header_block() -> None:
+    """esl_adopt_transcript.txt: `api uuid_dump <uuid>` answers an api/response whose body is the channel
+    as URL-encoded event headers ending with a blank line (Answer-State ringing / answered), or
+    `-ERR No such channel!`; the builder takes nothing but a channel UUID."""
+    uuid = "eaa3ea18-2b2b-4133-9ebf-d5e5c1c80aa9"
+    assert esl.uuid_dump(uuid) == f"api uuid_dump {uuid}\n\n".encode()
+    with pytest.raises(InvalidInput):
+        esl.uuid_dump(f"{uuid} xml")
+    ringing, answered, gone = feed_bytewise(peer.DUMP_RINGING + peer.DUMP_ANSWERED + peer.DUMP_NO_SUCH_CHANNEL)
+    assert [esl.route(f) for f in (ringing, answered, gone)] == [("reply", None)] * 3
+    assert len(ringing.body) == 4498
+    dump = esl.parse_event(ringing.body)
+    state = (dump.name, dump.get("Answer-State"), dump.get("Channel-Call-State"))
+    assert state == ("CHANNEL_DATA", "ringing", "RINGING")
+    assert dump.get("Channel-Name") == "sofia/internal/sipp@127.0.0.1:5072"  # URL-decoded
+    assert esl.parse_event(answered.body).get("Answer-State") == "answered"
+    assert gone.text == "-ERR No such channel!\n"
