@@ -5,7 +5,8 @@ they can run (binary built, root, sipp, lab scripts), run `ifbus` inside the nam
 IFBUS_HOME, start the lab when it is down and stop exactly the processes its run.sh started (by the PIDs
 it wrote, and only while those PIDs still run the same command line), start SIPp parties on ports chosen
 free inside the namespace (the host's free ports say nothing about it) and count what their message logs
-received, and run a private redis-server and an `ifbus worker` there for queue mode.
+received, and run a private redis-server and an `ifbus worker` there for queue mode — and, for the
+adoption tests (issue 15), kill -9 that worker with calls ringing and start the one that adopts them.
 """
 
 from __future__ import annotations
@@ -16,13 +17,17 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
+import time
+from collections import Counter
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 
+from bus import keys
 from tests.lab import _spawn, _terminate, wait_for
 
 LABS = Path(os.environ.get("IFBUS_LAB_SCRIPTS", Path(__file__).resolve().parents[2] / "shared" / "labs"))
@@ -173,6 +178,23 @@ class Party:
     def wait_count(self, method: str, at_least: int) -> int:
         return wait_for(lambda: (n := self.count(method)) >= at_least and n, self.wait_timeout) or self.count(method)
 
+    def invites_by_call(self) -> Counter[str]:
+        """How many INVITEs arrived per Call-ID (a call placed twice would show twice, or as two ids).
+        SIPp's -trace_msg log separates messages with a line of dashes; a message's start line is its
+        first line that is not SIPp's own "UDP message received" note."""
+        seen: Counter[str] = Counter()
+        invite = False
+        text = self.log.read_text(errors="replace") if self.log.exists() else ""
+        for line in text.splitlines():
+            if line.startswith("-----"):
+                invite = False
+            elif line.startswith("INVITE "):
+                invite = True
+            elif invite and line.lower().startswith(("call-id:", "i:")):
+                seen[line.split(":", 1)[1].strip()] += 1
+                invite = False
+        return seen
+
 
 def start_party(
     ns: Netns, work: Path, name: str, scenario: list[str], dial: Callable[[int], str], wait_timeout: float = 15.0
@@ -208,11 +230,117 @@ def private_redis(ns: Netns, work: Path) -> Iterator[dict[str, str]]:
 
 
 @contextmanager
-def worker(ns: Netns, home: Path, vendor: str, env: Mapping[str, str], log: Path) -> Iterator[None]:
-    """`ifbus worker <vendor>` inside the namespace, output to `log`; the caller waits on its log lines."""
+def worker(ns: Netns, home: Path, vendor: str, env: Mapping[str, str], log: Path) -> Iterator[subprocess.Popen[bytes]]:
+    """`ifbus worker <vendor>` inside the namespace, output to `log`; the caller waits on its log lines.
+    Yields the process: `ip netns exec` and `env` exec, so its pid is the worker's own (kill -9 hits it)."""
     assigns = (f"{k}={v}" for k, v in {"IFBUS_HOME": str(home), **env}.items())
     proc = _spawn(ns.argv("env", *assigns, IFBUS, "worker", vendor), log, log.parent)
     try:
-        yield
+        yield proc
     finally:
         _terminate(proc, grace=10.0)
+
+
+def redis_cli(ns: Netns, env: Mapping[str, str], *args: str) -> str:
+    """One redis-cli command against the private redis-server of `env` (private_redis), inside `ns`."""
+    port = env["IFBUS_REDIS_URL"].rsplit(":", 1)[1].split("/", 1)[0]
+    done = subprocess.run(ns.argv("redis-cli", "-p", port, *args), capture_output=True, text=True, timeout=10)
+    return done.stdout.strip()
+
+
+# Kill -9 with calls ringing (issue 15)
+
+
+@dataclass
+class Caller:
+    """`ifbus call … --json` in the namespace in queue mode, waiting for its one answer in the background,
+    as a web app's click-to-call would: `code` and `result` once it exits, `ended` (monotonic) when."""
+
+    request_id: str
+    proc: subprocess.Popen[str]
+    code: int | None = None
+    result: dict[str, object] = field(default_factory=dict)
+    stderr: str = ""
+    ended: float | None = None
+
+    def wait(self, timeout: float) -> None:
+        try:
+            out, self.stderr = self.proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            out, self.stderr = self.proc.communicate()
+        self.ended = time.monotonic()
+        self.code = self.proc.returncode
+        lines = out.strip().splitlines()
+        self.result = json.loads(lines[-1]) if lines else {}
+
+
+def call_in_background(ns: Netns, home: Path, env: Mapping[str, str], request_id: str, *args: str) -> Caller:
+    environ = {**os.environ, "IFBUS_HOME": str(home), **env}
+    argv = ns.argv(IFBUS, "call", "sip", *args, "--request-id", request_id, "--json")
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=environ)
+    return Caller(request_id, proc)
+
+
+@dataclass
+class Adoption:
+    """What kill_9_with_calls_ringing saw: every caller (finished), when the first worker was killed, and
+    the adopting worker's log."""
+
+    callers: list[Caller]
+    killed_at: float
+    adopter_log: str
+
+    def adopted(self) -> set[str]:
+        """The request ids the adopting worker logged as adopted (`follower.adopted`, JSON log lines)."""
+        found = set()
+        for line in self.adopter_log.splitlines():
+            try:
+                entry = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(entry, dict) and entry.get("event") == "follower.adopted":
+                found.add(str(entry.get("request_id")))
+        return found
+
+
+def kill_9_with_calls_ringing(
+    ns: Netns, home: Path, vendor: str, work: Path, calls: Mapping[str, list[str]], ringing: Callable[[], bool],
+    timeout: float = 40.0,
+) -> Adoption:  # fmt: skip
+    """Issue 15, the way it happens in production: a private redis-server and `ifbus worker <vendor>`;
+    every call of `calls` (request id → `ifbus call sip` arguments) submitted by a caller of its own; once
+    `ringing()` holds (the parties' INVITE counts) and the ledger shows every call handed to that worker's
+    follower (bus.keys.inflight), kill -9 the worker, start a second one, and wait for every caller.
+    Nothing here waits a fixed time: each step waits for the event that allows the next."""
+    inflight = keys.inflight(vendor)
+
+    def followed() -> bool:
+        return redis_cli(ns, env, "ZCARD", inflight) == str(len(calls))
+
+    with private_redis(ns, work) as env:
+        first_log, second_log = work / "worker-first.log", work / "worker-second.log"
+        with worker(ns, home, vendor, env, first_log) as first:
+            listening = f"Listening on {keys.queue(vendor)}"
+            assert wait_for(lambda: listening in first_log.read_text(errors="replace"), 30.0), (
+                first_log.read_text(errors="replace")[-2000:]
+            )
+            callers = [call_in_background(ns, home, env, rid, *args) for rid, args in calls.items()]
+            if not wait_for(lambda: ringing() and followed(), 20.0):
+                for caller in callers:
+                    caller.wait(0.1)
+                raise AssertionError(
+                    f"not every call rang and was followed: {redis_cli(ns, env, 'ZCARD', inflight)} followed; "
+                    f"callers: {[(c.code, c.result, c.stderr[-300:]) for c in callers]}; "
+                    f"worker: {first_log.read_text(errors='replace')[-2000:]}"
+                )
+            first.send_signal(signal.SIGKILL)
+            killed_at = time.monotonic()
+            first.wait(10)
+        with worker(ns, home, vendor, env, second_log):
+            threads = [threading.Thread(target=c.wait, args=(timeout,)) for c in callers]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+        return Adoption(callers, killed_at, second_log.read_text(errors="replace"))
