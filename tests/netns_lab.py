@@ -32,6 +32,7 @@ from tests.lab import _spawn, _terminate, wait_for
 
 LABS = Path(os.environ.get("IFBUS_LAB_SCRIPTS", Path(__file__).resolve().parents[2] / "shared" / "labs"))
 IFBUS = str(Path(sys.executable).parent / "ifbus")
+SIPP = Path(__file__).resolve().parent / "sipp"
 
 
 def why_not(server: str, binary: Path, run_sh: Path) -> str | None:
@@ -194,6 +195,16 @@ class Party:
                 seen[line.split(":", 1)[1].strip()] += 1
                 invite = False
         return seen
+
+
+def ring_then_answer(work: Path, seconds: int) -> Path:
+    """tests/sipp/ring2_answer_uas.xml (180, 2 s of ringing, 200) with `seconds` of ringing instead, written
+    under `work`: one scenario, whatever the ring time a test needs."""
+    text = (SIPP / "ring2_answer_uas.xml").read_text()
+    assert '<pause milliseconds="2000"/>' in text, "ring2_answer_uas.xml no longer rings with one 2 s pause"
+    path = work / f"ring{seconds}_answer_uas.xml"
+    path.write_text(text.replace('<pause milliseconds="2000"/>', f'<pause milliseconds="{seconds * 1000}"/>'))
+    return path
 
 
 def start_party(

@@ -271,65 +271,75 @@ def test_adopted_calls_end_with_their_real_outcome(lab: Lab, tmp_path: Path) -> 
 
 # tests/sipp/ring_uas.xml: 180 and then nothing, until Asterisk CANCELs at answer_timeout.
 RING_FOREVER = Path(__file__).resolve().parents[1] / "sipp" / "ring_uas.xml"
-# Long enough that the adopter (the lease runs out LEASE_SECONDS = 3 s after the kill, then adoption
-# looks every 0.5 s) finds these calls still ringing and has to follow them to their end.
+# The lease of a killed worker's calls runs out LEASE_SECONDS = 3 s after its last refresh (at most 1 s
+# before the kill); adoption then looks every 0.5 s. A party that rings RING_PAST_ADOPTION s is still
+# ringing when the adopter looks, and so is one refused only at REFUSE_AFTER s: both are followed to
+# their end by the adopter. The 2 s party may answer just before or just after the look.
+RING_PAST_ADOPTION = 6
 REFUSE_AFTER = 10
 
 
 @pytest.mark.skipif(shutil.which("redis-server") is None, reason="redis-server not installed")
 def test_kill_9_with_calls_ringing_every_caller_gets_the_real_outcome(lab: Lab, tmp_path: Path) -> None:
-    """Five calls through `ifbus worker asterisk` (server `adoptast`, answer_timeout=REFUSE_AFTER): three
-    to a party that rings 2 s and answers, two to a party that rings until Asterisk gives up. Once all
-    five ring at their parties and are in the worker's follower, kill -9 it and start another worker.
+    """Seven calls through `ifbus worker asterisk` (server `adoptast`, answer_timeout=REFUSE_AFTER): three to a
+    party that rings 2 s and answers, two to one that rings RING_PAST_ADOPTION s and answers, two to one
+    that rings until Asterisk gives up. Once all seven ring at their parties and are in the worker's
+    follower, kill -9 it and start another worker.
 
-    Every caller gets the real final outcome from the adopting worker — answered (data `recovered`,
-    with what Status saw) for the three, SIP 480 (Hangup `TechCause: 480` at answer_timeout) for the two
-    — each party saw exactly one INVITE per call (nothing placed twice), and the answered calls are
-    real channels: hanging them up sends each its BYE."""
+    Every caller gets the real final outcome from the adopting worker: answered (data `recovered`, with
+    what Status saw: `Ringing` for the 6 s party, which answered while the adopter followed it) for
+    five, SIP 480 (Hangup `TechCause: 480` at answer_timeout) for two. Each party saw exactly one
+    INVITE per call (nothing placed twice), and the answered calls are real channels: hanging them up
+    sends each its BYE."""
     slow = _party(tmp_path, "sipp", ["-sf", str(RING_THEN_ANSWER)], name="ring2")
+    ring6 = netns_lab.ring_then_answer(tmp_path, RING_PAST_ADOPTION)
+    later = _party(tmp_path, "sipp", ["-sf", str(ring6)], name="ring6")
     ring = _party(tmp_path, "sipp", ["-sf", str(RING_FOREVER)], name="ring")
     try:
         auth = ("--auth", "user=admin", "secret=pass123")
-        options = ("--opt", "context=ctx", "--opt", f"answer_timeout={REFUSE_AFTER}")
-        code, _, err = lab.ifbus("add", "sip", "adoptast", "asterisk", *auth, *options, "--replace")
+        options = ("--opt", "context=ctx", "--opt", f"answer_timeout={REFUSE_AFTER}", "--replace")
+        code, _, err = lab.ifbus("add", "sip", "adoptast", "asterisk", *auth, *options)
         assert code == 0, err
         args = ("to=park", "--timeout", "40")
-        calls = {f"ast-kill9-answer-{i}": ["adoptast", f"from={slow.dial}", *args] for i in range(3)}
+        calls = {f"ast-kill9-answer2-{i}": ["adoptast", f"from={slow.dial}", *args] for i in range(3)}
+        calls |= {f"ast-kill9-answer6-{i}": ["adoptast", f"from={later.dial}", *args] for i in range(2)}
         calls |= {f"ast-kill9-refuse-{i}": ["adoptast", f"from={ring.dial}", *args] for i in range(2)}
         started = time.monotonic()
 
         def ringing() -> bool:
-            return slow.count("INVITE") == 3 and ring.count("INVITE") == 2
+            return (slow.count("INVITE"), later.count("INVITE"), ring.count("INVITE")) == (3, 2, 2)
 
         adoption = netns_lab.kill_9_with_calls_ringing(NS, lab.home, "asterisk", tmp_path, calls, ringing)
         answered = [c for c in adoption.callers if "answer" in c.request_id]
-        refused = [c for c in adoption.callers if "refuse" in c.request_id]
-        for caller in answered:
-            assert caller.code == 0, (caller.result, caller.stderr[-500:], adoption.adopter_log[-3000:])
-            call_id = str(caller.result["call_id"])
-            assert CALL_ID.fullmatch(call_id) and caller.result["message"] == f"Call {call_id} answered on adoptast"
-            assert caller.result["data"]["recovered"] is True, caller.result  # type: ignore[index]
-        for caller in refused:
-            assert caller.code == 5, (caller.result, caller.stderr[-500:], adoption.adopter_log[-3000:])
-            assert caller.result["sip_code"] == 480, caller.result
+        for caller in adoption.callers:
+            why = (caller.result, caller.stderr[-500:], adoption.adopter_log[-3000:])
+            if caller in answered:
+                assert caller.code == 0, why
+                call_id = str(caller.result["call_id"])
+                assert CALL_ID.fullmatch(call_id) and caller.result["message"] == f"Call {call_id} answered on adoptast"
+                assert caller.result["data"]["recovered"] is True, why  # type: ignore[index]
+            else:
+                assert caller.code == 5 and caller.result["sip_code"] == 480, why
+            if "answer6" in caller.request_id:
+                assert caller.result["data"]["state_at_adoption"] == "Ringing", why  # type: ignore[index]
         assert adoption.adopted() == set(calls), adoption.adopter_log[-3000:]
 
-        invites = slow.invites_by_call() + ring.invites_by_call()
-        assert len(invites) == 5 and set(invites.values()) == {1}, invites
+        invites = slow.invites_by_call() + later.invites_by_call() + ring.invites_by_call()
+        assert len(invites) == 7 and set(invites.values()) == {1}, invites
         assert ring.wait_count("CANCEL", 2) == 2  # Asterisk gave up on each at answer_timeout
         call_ids = {str(c.result["call_id"]) for c in answered}
-        assert len(call_ids) == 3
+        assert len(call_ids) == 5
         for call_id in call_ids:
             code, answer, err = lab.ifbus("hangup", "sip", "adoptast", f"call_id={call_id}")
             assert code == 0 and answer["message"] == f"Call {call_id} ended on adoptast", err
-        assert slow.wait_count("BYE", 3) == 3
-        assert slow.count("INVITE") == 3 and ring.count("INVITE") == 2  # still: counted after the BYEs
+        assert slow.wait_count("BYE", 3) == 3 and later.wait_count("BYE", 2) == 2
+        # counted after the BYEs: no second or retransmitted INVITE came later
+        assert (slow.count("INVITE"), later.count("INVITE"), ring.count("INVITE")) == (3, 2, 2)
 
-        after = sorted(round(c.ended - adoption.killed_at, 2) for c in adoption.callers if c.ended is not None)
-        states = sorted(str(c.result["data"]["state_at_adoption"]) for c in answered)  # type: ignore[index]
-        print(f"\nAsterisk kill -9 with 5 calls ringing: answers {after} s after the kill "
-              f"(kill at {adoption.killed_at - started:.2f} s after submitting; Status saw {states}; "
-              f"refusals due {REFUSE_AFTER} s after the originate)")  # fmt: skip
+        after = {c.request_id: round(c.ended - adoption.killed_at, 2) for c in adoption.callers if c.ended}
+        states = {c.request_id: c.result["data"]["state_at_adoption"] for c in answered}  # type: ignore[index]
+        print(f"\nAsterisk kill -9 with 7 calls ringing, killed {adoption.killed_at - started:.2f} s after submit; "
+              f"answers (s after the kill): {after}; Status saw {states}")  # fmt: skip
     finally:
-        slow.stop()
-        ring.stop()
+        for party in (slow, later, ring):
+            party.stop()
