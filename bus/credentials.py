@@ -18,19 +18,17 @@ Why a compact form for key files: registry values are single printable lines (bu
 so a PEM's lines are stored as the base64 of its PKCS#8 DER body — the same bytes, without the armour.
 `load_private_key` turns that back into a key object.
 
-`cryptography` is imported only when a file key is present: `add` for other vendors stays fast.
+`cryptography` is imported only when a file key is present: `add` for other vendors stays fast; base64
+and the `env:` pattern also wait for their first use, since `list` imports this module for every entry.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
 import os
-import re
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from bus.errors import InvalidInput
+from bus.lazy import pattern
 from bus.validate import MAX_VALUE, check_value, show
 
 if TYPE_CHECKING:
@@ -42,7 +40,7 @@ FILE_KEYS: frozenset[tuple[str, str]] = frozenset({("vonage", "private_key")})
 MAX_KEY_VALUE = 8192
 MAX_PEM_FILE = 64 * 1024
 ENV_PREFIX = "env:"
-ENV_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
+ENV_NAME_RE = pattern(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
 
 
 def max_auth_len(type_: str, key: str, default: int) -> int:
@@ -111,7 +109,7 @@ def _read_line(key: str, path_text: str) -> str:
     """A secret file's one line (a trailing newline, as `echo … > file` writes, is not part of it)."""
     label = f"--auth {key}=@{show(path_text)}"
     try:
-        with open(Path(path_text).expanduser(), "rb") as handle:
+        with open(os.path.expanduser(path_text), "rb") as handle:
             data = handle.read(MAX_VALUE + 2)
     except OSError as exc:
         raise InvalidInput(f"{label}: cannot read it ({exc.strerror or exc})") from None
@@ -126,6 +124,9 @@ def _read_line(key: str, path_text: str) -> str:
 
 def load_private_key(compact: str, key: str = "private_key") -> RSAPrivateKey:
     """The RSA key object from its stored compact form (base64 PKCS#8 DER)."""
+    import base64
+    import binascii
+
     from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
     from cryptography.hazmat.primitives.serialization import load_der_private_key
 
@@ -145,6 +146,8 @@ def load_private_key(compact: str, key: str = "private_key") -> RSAPrivateKey:
 def _read_pem(key: str, path_text: str) -> bytes:
     if not path_text:
         raise InvalidInput(f"--auth {key}=@: give the path of the PEM file after @, e.g. {key}=@private.key")
+    from pathlib import Path  # here: only `add` reads key files, and pathlib costs `list` ~6 ms
+
     path = Path(path_text).expanduser()
     try:
         if not path.is_file():
@@ -157,6 +160,8 @@ def _read_pem(key: str, path_text: str) -> bytes:
 
 
 def _compact(pem: bytes, label: str) -> str:
+    import base64
+
     from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
     from cryptography.hazmat.primitives.serialization import (
         Encoding,

@@ -45,6 +45,8 @@ def check_value(label: str, value: object, max_len: int = MAX_VALUE) -> str:
         raise InvalidInput(f"{label}: empty value")
     if len(value) > max_len:
         raise InvalidInput(f"{label}: too long ({len(value)} characters, at most {max_len})")
+    if value.isascii() and value.isprintable():  # the usual value, checked at C speed: ' '..'~' only
+        return value
     if any(0xD800 <= ord(c) <= 0xDFFF for c in value):
         raise InvalidInput(f"{label}: not valid UTF-8")
     if any(ord(c) < 0x20 or ord(c) == 0x7F for c in value):
