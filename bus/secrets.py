@@ -1,7 +1,8 @@
 """What counts as a secret, and how one is hidden: one list for masking (`list`, `add`, results) and
 for log redaction (bus.logging), so the two can never disagree.
 
-Plain `re` only: `list` and `add` import this on every prompt.
+Plain `re` only, compiled on first use (bus.lazy.pattern): `list` and `add` import this on every
+prompt, and `list` masks without ever matching the free-text patterns.
 
 - A key is secret when a vendor's catalogue entry says so (bus.vendors.is_secret) or when its name
   contains one of SECRET_WORDS (`passphrase`, `mypass`, `pin`, `esl_password`, …), unless it is one of
@@ -14,7 +15,10 @@ Plain `re` only: `list` and `add` import this on every prompt.
 from __future__ import annotations
 
 import re
+from functools import lru_cache
 from typing import Any
+
+from bus.lazy import pattern
 
 SECRET_WORDS: tuple[str, ...] = (
     "secret",
@@ -34,15 +38,16 @@ PUBLIC_KEYS = frozenset({"api_key", "account_sid", "application_id", "user", "us
 MASK = "****"
 
 _WORDS = "|".join(SECRET_WORDS)
-_SECRET_KEY = re.compile(_WORDS, re.I)
+_SECRET_KEY = pattern(_WORDS, re.I)
 # scheme://userinfo@: the password of `user:password@` (the user name stays, as `--auth user=` does), or
 # the whole userinfo when there is no password (a key used as the user name: `https://TOKEN@host`,
 # `https://sk_live_…:@host` as HTTP Basic with an empty password).
-_USERINFO = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)(?:([^/?#@\s:]*:)[^/?#@\s]+|[^/?#@\s]+)@")
-_INLINE = re.compile(rf"(?i)\b([\w-]*(?:{_WORDS})[\w-]*)([=:]\s*)(?!…|\*\*\*\*|@|(?:bearer|basic)\s)[^\s&,;\"'<>]+")
-_SCHEME_AUTH = re.compile(r"(?i)\b(bearer|basic)\s+(?!\*\*\*\*)[A-Za-z0-9._~+/=-]+")
+_USERINFO = pattern(r"(?i)\b([a-z][a-z0-9+.-]*://)(?:([^/?#@\s:]*:)[^/?#@\s]+|[^/?#@\s]+)@")
+_INLINE = pattern(rf"(?i)\b([\w-]*(?:{_WORDS})[\w-]*)([=:]\s*)(?!…|\*\*\*\*|@|(?:bearer|basic)\s)[^\s&,;\"'<>]+")
+_SCHEME_AUTH = pattern(r"(?i)\b(bearer|basic)\s+(?!\*\*\*\*)[A-Za-z0-9._~+/=-]+")
 
 
+@lru_cache(maxsize=4096)  # the same few names again and again: `list` asks for each option of each server
 def is_secret_key(key: str) -> bool:
     """A key whose value must never be shown, by its name alone."""
     return key.lower() not in PUBLIC_KEYS and bool(_SECRET_KEY.search(key))
@@ -55,12 +60,14 @@ def mask(value: str) -> str:
 
 def mask_userinfo(text: str) -> str:
     """`https://admin:pw@host/x` → `https://admin:****@host/x`, `https://TOKEN@h` → `https://****@h`."""
+    if "@" not in text:  # every userinfo ends in one; most option values have none (`list` masks each)
+        return text
     return _USERINFO.sub(lambda m: f"{m[1]}{m[2] or ''}{MASK}@", text)
 
 
 # Every pattern below needs an `@` or one of these words: text with neither (most of it) is returned as is,
 # which keeps masking off the per-job hot path (each JobResult passes through here).
-_TRIGGER = re.compile(rf"{_WORDS}|basic", re.I)
+_TRIGGER = pattern(rf"{_WORDS}|basic", re.I)
 
 
 def redact_text(text: str) -> str:
@@ -79,7 +86,8 @@ def redact(value: Any, key: str = "") -> Any:
     if isinstance(value, dict):
         return {k: redact(v, str(k)) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return type(value)(redact(v) for v in value)
+        items = [redact(v) for v in value]
+        return type(value)(*items) if hasattr(value, "_fields") else type(value)(items)  # a NamedTuple: ServerEntry
     if isinstance(value, str):
         return redact_text(value)
     return value

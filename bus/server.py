@@ -1,14 +1,13 @@
 """One registry entry: a server's type, credentials, address and per-server options.
 
-A stdlib dataclass rather than a pydantic model on purpose: `list` and `add` run on every
-prompt, and defining a pydantic model costs ~100 ms of start-up (bench/startup.py measures it).
+A NamedTuple rather than a pydantic model or a dataclass on purpose: `list` and `add` run on every
+prompt; defining a pydantic model costs ~100 ms of start-up, and `dataclasses` imports `inspect`,
+~10 ms of every `ifbus list sip` (bench/startup.py measures both). No `from __future__ import
+annotations` either: typing.NamedTuple would turn each string annotation into a ForwardRef.
 """
 
-from __future__ import annotations
-
 import math
-from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from bus.credentials import max_auth_len
 from bus.errors import InvalidInput
@@ -27,14 +26,13 @@ LIMIT_OPTIONS = frozenset({"cps", "max_concurrent"})
 MAX_LIMIT = 100_000
 
 
-@dataclass(frozen=True)
-class ServerEntry:
+class ServerEntry(NamedTuple):
     type: str
-    auth: dict[str, str] = field(default_factory=dict)
+    auth: dict[str, str] = {}  # noqa: RUF012 - a shared default never mutated (build/from_dict pass their own)
     host: str | None = None
     port: int | None = None
     pool: str | None = None
-    options: dict[str, str] = field(default_factory=dict)
+    options: dict[str, str] = {}  # noqa: RUF012
 
     @classmethod
     def build(
@@ -45,7 +43,7 @@ class ServerEntry:
         port: int | None = None,
         pool: str | None = None,
         options: dict[str, str] | None = None,
-    ) -> ServerEntry:
+    ) -> "ServerEntry":
         """A validated entry, with the spec's host default: the domain/realm given, else loopback."""
         info = vendor(type_)
         if host is None and info.server_class != "cloud":
@@ -55,7 +53,7 @@ class ServerEntry:
         return entry
 
     @classmethod
-    def from_dict(cls, name: str, raw: Any) -> ServerEntry:
+    def from_dict(cls, name: str, raw: Any) -> "ServerEntry":
         """Parse a stored entry; anything off (a wrong type, an unknown field) is reported with the
         entry's name, never silently coerced: the registry is what decides where calls go."""
         if not isinstance(raw, dict) or not isinstance(raw.get("type"), str):

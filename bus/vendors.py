@@ -6,12 +6,14 @@ the "auto-optimal configuration per server class" of docs/architecture.md: a use
 Facts and sources: docs/reference/vendors.md §0 and §11.
 """
 
-from __future__ import annotations
-
+# No `from __future__ import annotations`: typing.NamedTuple would turn each string annotation into
+# a ForwardRef, and the first one costs ~1.5 ms of every `ifbus list sip`.
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from types import MappingProxyType
+from typing import NamedTuple
 
+from bus.secrets import is_secret_key
+from bus.secrets import mask as mask  # bus.server masks with the catalogue's names
 from bus.sip.uri import SIP_PORT
 
 ESL_PORT = 8021  # mod_event_socket's default: FreeSWITCH, and the FreeSWITCH under FusionPBX
@@ -49,8 +51,10 @@ _CLOUD = {
 }
 
 
-@dataclass(frozen=True)
-class Vendor:
+class Vendor(NamedTuple):
+    """One type's catalogue entry. A NamedTuple (immutable, as the catalogue is) rather than a
+    dataclass: `dataclasses` imports `inspect`, ~10 ms of every `ifbus list sip` (bench/startup.py)."""
+
     type: str
     label: str
     server_class: str  # "pbx" (on-LAN PBX), "proxy" (SIP proxy), "cloud" (cloud API)
@@ -58,7 +62,7 @@ class Vendor:
     secret_keys: tuple[str, ...]  # masked wherever shown
     port: int | None  # management API port; None for cloud vendors
     base_url: str | None = None  # cloud vendors' public API
-    extra_options: Mapping[str, str] = field(default_factory=dict)
+    extra_options: Mapping[str, str] = MappingProxyType({})
 
     @property
     def defaults(self) -> dict[str, str]:
@@ -187,17 +191,8 @@ def vendor(type_: str) -> Vendor:
 
 def is_secret(type_: str, key: str) -> bool:
     """The catalogue's secret keys for this type, or any key bus.secrets calls secret by its name."""
-    from bus.secrets import is_secret_key  # here: `--help` needs the catalogue, not the redaction patterns
-
     entry = VENDORS.get(type_)
     return (entry is not None and key in entry.secret_keys) or is_secret_key(key)
-
-
-def mask(value: str) -> str:
-    """bus.secrets.mask (imported on first use, as in is_secret)."""
-    from bus.secrets import mask as mask_
-
-    return mask_(value)
 
 
 def missing_auth(type_: str, auth: Mapping[str, str]) -> str | None:

@@ -18,7 +18,7 @@ from click.testing import CliRunner
 from bus.errors import Outcome
 from bus.logging import configure, get_logger
 from bus.models import JobResult
-from bus.secrets import is_secret_key, mask_userinfo, redact_text
+from bus.secrets import is_secret_key, mask_userinfo, redact, redact_text
 from bus.server import ServerEntry
 from producer.cli import cli
 
@@ -114,3 +114,12 @@ def test_masking_keeps_the_hints_messages_give() -> None:
 def test_list_json_options_hide_secret_named_options() -> None:
     entry = ServerEntry.build("kamailio", {"token": "t"}, options={"api_token_hint": SECRET})
     assert SECRET not in json.dumps(entry.public_view("k"))
+
+
+def test_a_registry_entry_handed_to_the_log_is_masked_not_broken() -> None:
+    """ServerEntry is a NamedTuple (bus/server.py: no dataclasses on `list`'s start-up): redaction
+    rebuilds it field by field, with its secret-named auth values masked."""
+    entry = ServerEntry("kamailio", {"token": SECRET, "realm": "sip.local"}, "10.0.0.5", options={"path": "/RPC"})
+    shown = redact({"entry": entry, "pair": ("a", SECRET)})
+    assert shown["entry"] == entry._replace(auth={"token": "****", "realm": "sip.local"})
+    assert isinstance(shown["entry"], ServerEntry) and shown["pair"] == ("a", SECRET)
