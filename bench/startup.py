@@ -8,7 +8,8 @@ Targets (issue 16, "a light process"), medians of interleaved runs:
     (deploy/kamailio/kamailio.cfg, tests/lab.py) with a running `ifbus worker kamailio` on a private
     redis-server: at most 10x `python -c pass`.
 Ratios, not milliseconds, are the figures to compare across machines; the `import click` row is the
-floor every click command pays (click.core pulls inspect, ast, dis, typing, enum, uuid, datetime).
+floor every click command pays (click.core pulls inspect, ast, dis, typing, enum, uuid, datetime),
+which is why `--help` and `list sip` go around click (producer/entry.py, docs/cli.md "Start-up").
 `python -X importtime` says where a case's time goes (docs/cli.md, "Start-up");
 tests/test_import_weight.py keeps heavy modules out of `list`, `--help` and a queue-mode submit.
 """
@@ -95,7 +96,8 @@ def main() -> None:
     options = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         home = Path(tmp)
-        env = {**os.environ, "IFBUS_HOME": str(home / "home")}
+        # its own cache folder: `--help`'s first run renders with click, the warm-up runs then read it
+        env = {**os.environ, "IFBUS_HOME": str(home / "home"), "XDG_CACHE_HOME": str(home / "cache")}
         env.pop("IFBUS_REDIS_URL", None)
         ifbus = str(BIN / "ifbus")
         for i in range(50):

@@ -9,78 +9,27 @@ from __future__ import annotations
 import functools
 import sys
 from collections.abc import Callable
-from typing import Any, NoReturn
+from typing import Any
 
 import click
 
-from bus.errors import BusError, InvalidInput
+from bus.errors import InvalidInput
 from bus.validate import DEFAULT_TIMEOUT
 from bus.vendors import TYPES
+from producer import helpcache
+from producer.output import dumps, emit, emit_failure, guard, interrupted, reader_left
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 KIND_HELP = "the word `sip` (the spec's grammar: `if bus <command> sip <name>`)"
 
 
-# ---------------------------------------------------------------- output helpers
-
-
-def dumps(obj: Any, **options: Any) -> str:
-    """json.dumps, imported on first use: `--help` and a plain `list` print no JSON."""
-    import json
-
-    return json.dumps(obj, **options)
-
-
-def emit(as_json: bool, obj: dict[str, Any], line: str) -> None:
-    """A success: one line for people, or one JSON object (with its exit code, 0) for scripts."""
-    click.echo(dumps({"exit_code": 0, **obj}, ensure_ascii=False) if as_json else line)
-
-
-def emit_failure(as_json: bool, outcome: str, exit_code: int, message: str) -> None:
-    """A failure the bus did not class (click's usage errors, Ctrl-C): under --json the same shape as
-    `fail`, then the message on stderr."""
-    if as_json:
-        click.echo(dumps({"ok": False, "outcome": outcome, "exit_code": exit_code, "message": message}))
-
-
-def fail(exc: BusError, as_json: bool) -> NoReturn:
-    if as_json:
-        click.echo(
-            dumps(
-                {
-                    "ok": False,
-                    "outcome": exc.outcome.value,
-                    "exit_code": exc.exit_code,
-                    "message": exc.message,
-                    **exc.details,
-                },
-                ensure_ascii=False,
-            )
-        )
-    click.echo(
-        exc.message if exc.message.startswith(("Not found", "Call failed")) else f"Error: {exc.message}", err=True
-    )
-    sys.exit(exc.exit_code)
-
-
 def guarded(func: Callable[..., None]) -> Callable[..., None]:
-    """Turn every failure into a message and an exit code: a user never sees a traceback."""
+    """Turn every failure into a message and an exit code (producer.output.guard); click's own
+    exceptions go on to click."""
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> None:
-        as_json = bool(kwargs.get("as_json"))
-        try:
-            func(*args, **kwargs)
-        except BusError as exc:
-            fail(exc, as_json)
-        except KeyboardInterrupt:
-            emit_failure(as_json, "interrupted", 130, "Interrupted")
-            click.echo("Interrupted", err=True)
-            sys.exit(130)
-        except (click.exceptions.Exit, click.ClickException, SystemExit):
-            raise
-        except Exception as exc:  # a bug: still no traceback on a user's terminal
-            fail(BusError(f"internal error ({type(exc).__name__}): {exc}"), as_json)
+        guard(lambda: func(*args, **kwargs), bool(kwargs.get("as_json")), (click.exceptions.Exit, click.ClickException))
 
     return wrapper
 
@@ -112,15 +61,19 @@ class JsonGroup(click.Group):
             exc.show()
             sys.exit(exc.exit_code)
         except click.exceptions.Abort:
-            emit_failure(as_json, "interrupted", 130, "Interrupted")
-            click.echo("Interrupted", err=True)
-            sys.exit(130)
-        except BrokenPipeError:  # `ifbus list sip | head -1`: the reader left, nothing to say
-            sys.stderr.close()
-            sys.exit(1)
+            interrupted(as_json)
+        except BrokenPipeError:
+            reader_left()
         if not standalone_mode:
             return rv
         sys.exit(rv if isinstance(rv, int) else 0)
+
+    def get_help(self, ctx: click.Context) -> str:
+        """The help as click renders it; the top level's is kept for producer.entry's fast `--help`."""
+        text = super().get_help(ctx)
+        if ctx.parent is None:
+            helpcache.remember(text)
+        return text
 
 
 def _complete(name: str) -> Callable[..., Any]:
@@ -298,52 +251,10 @@ def list_(kind: str, as_json: bool) -> None:
     Example:
       ifbus list sip --json
     """
-    from bus.registry import open_registry
+    from producer.listing import list_servers
 
     check_kind(kind)
-    entries = open_registry().entries()
-    views = [entry.public_view(name) for name, entry in entries.items()]
-    health = _health(entries)
-    for view in views:
-        if view["name"] in health:
-            view["health"] = health[view["name"]]
-    if as_json:
-        emit(True, {"ok": True, "servers": views}, "")
-        return
-    if not views:
-        click.echo("No servers registered: add one with `ifbus add sip NAME --type TYPE --auth KEY=VALUE…`")
-        return
-    rows = [("NAME", "TYPE", "HOST", "HEALTH", "AUTH")] + [
-        (v["name"], v["type"], _where(v), v.get("health", {}).get("state", "-"),
-         " ".join(f"{k}={x}" for k, x in v["auth"].items()))
-        for v in views
-    ]  # fmt: skip
-    widths = [max(len(r[i]) for r in rows) for i in range(4)]
-    for row in rows:
-        click.echo("  ".join(c.ljust(w) for c, w in zip(row[:4], widths, strict=True)) + "  " + row[4])
-
-
-def _health(entries: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """Shared breaker states when IFBUS_REDIS_URL names the bus's Redis (only then is redis imported,
-    so a plain `list` stays fast); '-' in the table means unknown."""
-    from bus.paths import redis_url
-
-    url = redis_url()
-    if not url or not entries:
-        return {}
-    from bus.health import shared_views
-
-    try:
-        return shared_views(url, entries)
-    except BusError as exc:
-        click.echo(f"ifbus: health unknown ({exc.message})", err=True)
-        return {}
-
-
-def _where(view: dict[str, Any]) -> str:
-    if view["host"] is None:
-        return view["options"].get("base_url", "")
-    return f"{view['host']}:{view['port']}" if view["port"] else view["host"]
+    list_servers(as_json)
 
 
 @cli.command(context_settings=CONTEXT)
