@@ -18,13 +18,8 @@ from pydantic.json_schema import SkipJsonSchema
 from bus import keys
 from bus.errors import BusError, Outcome
 from bus.sip import check_call_id
-from bus.validate import check_key, check_name, check_value
+from bus.validate import DEFAULT_TIMEOUT, MAX_TIMEOUT, SCHEMA_VERSION, check_key, check_name, check_value
 
-SCHEMA_VERSION = 1
-# Longer than every vendor's default ring time (Twilio 60 s + its 5 s grace, FreeSWITCH originate_timeout 60 s,
-# Kamailio 2 × fr_inv_timer 30 s), so an unanswered call ends as the vendor's "no answer" (exit 5), not as
-# "outcome unknown" because the caller stopped waiting first.
-DEFAULT_TIMEOUT = 90.0
 # The one definition of a request id (it is also the RQ job id and part of every per-request key).
 REQUEST_ID_PATTERN = r"[A-Za-z0-9_-]{8,64}"
 REQUEST_ID_RE = re.compile(REQUEST_ID_PATTERN)
@@ -71,14 +66,14 @@ class Routing(BaseModel):
 class BaseRequest(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
-    schema_version: Literal[1] = SCHEMA_VERSION
+    schema_version: Literal[SCHEMA_VERSION] = SCHEMA_VERSION  # bus.validate's constant: one home
     request_id: str = Field(default_factory=new_request_id, pattern=f"^{REQUEST_ID_PATTERN}$")
     server: ServerName
     reply_key: str | None = Field(
         default=None, description="Redis list the worker LPUSHes the JobResult JSON to; None = nobody waits"
     )
     timeout: float = Field(
-        default=DEFAULT_TIMEOUT, gt=0, le=3600, description="Seconds the caller waits for the answer"
+        default=DEFAULT_TIMEOUT, gt=0, le=MAX_TIMEOUT, description="Seconds the caller waits for the answer"
     )
     routing: SkipJsonSchema[Routing] = Field(default_factory=Routing, description="internal (bus.models.Routing)")
 
@@ -154,7 +149,7 @@ class JobResult(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    schema_version: Literal[1] = SCHEMA_VERSION
+    schema_version: Literal[SCHEMA_VERSION] = SCHEMA_VERSION
     request_id: str
     op: Literal["test", "call", "hangup"]
     server: str = Field(description="the server that carried the request (or the last one tried)")

@@ -13,13 +13,15 @@ from bus.errors import InvalidInput
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 KEY_RE = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,63}")
 MAX_VALUE = 1024
-# Request facts the CLI's light submit (producer.light) needs without pydantic: the message schema
-# version; a request's wait in seconds, by default (neither --timeout nor IFBUS_TIMEOUT) and at most.
-# bus.models should take its SCHEMA_VERSION, DEFAULT_TIMEOUT and `le=` bound from here;
-# tests/test_light_submit.py fails while the two disagree.
+# Request facts, here rather than in bus.models so the CLI's light submit (producer.light) has them
+# without pydantic; bus.models takes them from here. The message schema version, then a request's
+# wait in seconds by default (neither --timeout nor IFBUS_TIMEOUT) and at most. The default is longer
+# than every vendor's default ring time (Twilio 60 s + its 5 s grace, FreeSWITCH originate_timeout
+# 60 s, Kamailio 2 × fr_inv_timer 30 s), so an unanswered call ends as the vendor's "no answer"
+# (exit 5), not as "outcome unknown" because the caller stopped waiting first.
 SCHEMA_VERSION = 1
 DEFAULT_TIMEOUT = 90.0
-MAX_TIMEOUT = 3600.0
+MAX_TIMEOUT = 3600  # an int, as the JSON Schema and pydantic's message show it ("≤ 3600")
 
 
 def check_name(name: str) -> str:

@@ -39,15 +39,6 @@ def add_kamailio_on_closed_port(name: str = "mykam") -> None:
     assert added.exit_code == 0, added.stderr
 
 
-def test_the_request_facts_agree_with_the_models() -> None:
-    """bus.validate's copies of the models' facts (until bus.models imports them from there)."""
-    from bus import validate
-
-    assert (validate.SCHEMA_VERSION, validate.DEFAULT_TIMEOUT) == (models.SCHEMA_VERSION, models.DEFAULT_TIMEOUT)
-    bounds = {type(m).__name__: m for m in models.BaseRequest.model_fields["timeout"].metadata}
-    assert bounds["Le"].le == validate.MAX_TIMEOUT and bounds["Gt"].gt == 0
-
-
 VALID = [
     ("test", {"server": "kam"}, 90.0, "ifbus:reply:RID"),
     ("test", {"server": "k.1_-x"}, 0.1, None),
@@ -125,9 +116,9 @@ def test_rq_key_names_are_rqs() -> None:
     from rq.job import Job
     from rq.queue import Queue
 
-    assert Job.redis_job_namespace_prefix == rqwire.RQ_JOB_PREFIX
-    assert Queue.redis_queues_keys == rqwire.RQ_QUEUES
-    assert worker_registration.WORKERS_BY_QUEUE_KEY % "q" == rqwire.RQ_WORKERS_PREFIX + "q"
+    assert keys.rq_job("j1") == Job.key_for("j1") and Job.redis_job_namespace_prefix == keys.RQ_JOB_PREFIX
+    assert Queue.redis_queues_keys == keys.RQ_QUEUES
+    assert keys.rq_workers("q") == worker_registration.WORKERS_BY_QUEUE_KEY % "q"
     assert Queue.redis_queue_namespace_prefix == keys.RQ_QUEUE_PREFIX
 
 
@@ -184,7 +175,7 @@ def test_redis_killed_while_the_light_path_waits_is_outcome_unknown(
     try:
         url = f"redis://127.0.0.1:{port}/0"
         assert wait_for(lambda: redis_answers(url), 10)
-        Redis.from_url(url).sadd(rqwire.RQ_WORKERS_PREFIX + "sip.kamailio", "rq:worker:pretend")  # served, idle
+        Redis.from_url(url).sadd(keys.rq_workers("sip.kamailio"), "rq:worker:pretend")  # served, idle
         monkeypatch.setenv("IFBUS_MODE", "queue")
         monkeypatch.setenv("IFBUS_REDIS_URL", url)
         monkeypatch.setattr("producer.cli._submit_full", None)
