@@ -32,6 +32,9 @@
 | `ifbus:registry`              | hash   | add/remove | none           | fleet registry (IFBUS_REGISTRY=redis), sealed |
 | `ifbus:registry:version`      | string | add/remove | none           | bumped by each change: re-read the hash |
 | `rq:queue:sip.<type>`         | list   | RQ         | none           | RQ's job list: KEDA and `status` measure it |
+| `rq:job:<request_id>`         | hash   | RQ, rqwire | RQ's own       | RQ's job record (rqwire: the light submit)  |
+| `rq:queues`                   | set    | RQ, rqwire | none           | every queue's `rq:queue:` key               |
+| `rq:workers:sip.<type>`       | set    | RQ         | RQ's own       | workers listening on a queue ("served")     |
 
 Durations (seconds) live in bus.ledger / bus.health beside the rules that need them.
 """
@@ -154,10 +157,25 @@ def ingress(ingress_id: str) -> str:
 # The fleet's registry (bus.registry_redis).
 REGISTRY = PREFIX + "registry"
 REGISTRY_VERSION = REGISTRY + ":version"
-# RQ's own key for a queue's job list (rq.Queue.redis_queue_namespace_prefix): KEDA's `listName`.
+# RQ's own key names, which bus.rqwire writes without importing rq (tests/test_light_submit.py pins
+# them to rq's constants); RQ_KEY_PREFIX would move them, and then only RQ itself writes (rqwire.usable).
+# A queue's job list (rq.Queue.redis_queue_namespace_prefix) is KEDA's `listName`.
 RQ_QUEUE_PREFIX = "rq:queue:"
+RQ_JOB_PREFIX = "rq:job:"  # rq.job.Job.redis_job_namespace_prefix
+RQ_QUEUES = "rq:queues"  # rq.queue.Queue.redis_queues_keys
+RQ_WORKERS_PREFIX = "rq:workers:"  # rq.worker_registration.WORKERS_BY_QUEUE_KEY without its %s
 
 
 def rq_queue(type_: str) -> str:
     """The Redis list RQ keeps a vendor queue's waiting job ids in (`rq:queue:sip.kamailio`)."""
     return RQ_QUEUE_PREFIX + queue(type_)
+
+
+def rq_job(job_id: str) -> str:
+    """RQ's hash for one job (`rq:job:<request_id>`: the bus's job id is the request id)."""
+    return RQ_JOB_PREFIX + job_id
+
+
+def rq_workers(queue_name: str) -> str:
+    """RQ's set of the workers listening on a queue (`rq:workers:sip.kamailio`)."""
+    return RQ_WORKERS_PREFIX + queue_name

@@ -25,12 +25,8 @@ from typing import Any
 from bus import keys
 from bus.queues import FAILED_JOB_TTL_SECONDS, JOB_FUNCTION, JOB_TIMEOUT_SLACK_SECONDS
 
-# RQ's own names for its keys (rq.defaults.RQ_KEY_PREFIX, rq.job.Job.redis_job_namespace_prefix,
-# rq.queue.Queue.redis_queues_keys, rq.worker_registration.WORKERS_BY_QUEUE_KEY); RQ lets
-# RQ_KEY_PREFIX move them, and then only RQ itself writes jobs (`usable`).
-RQ_JOB_PREFIX = "rq:job:"
-RQ_QUEUES = "rq:queues"
-RQ_WORKERS_PREFIX = "rq:workers:"
+# RQ's key names live in bus.keys (rq_job, RQ_QUEUES, rq_workers); RQ lets RQ_KEY_PREFIX
+# (rq.defaults) move them, and then only RQ itself writes jobs (`usable`).
 RQ_DESCRIPTION_ARG_LENGTH = 75  # rq.job.Job.get_call_string truncates each argument's repr here
 _EMPTY_FIELDS = ("success_callback_name", "failure_callback_name", "stopped_callback_name", "started_at",
                  "ended_at", "last_heartbeat", "worker_name", "group_id")  # fmt: skip
@@ -75,7 +71,7 @@ def job_fields(payload: dict[str, Any], queue: str, timeout: float, now: float |
 
 def served(redis: Any, queue: str) -> bool:
     """rq.Worker.count(queue=…) > 0: a worker registered itself on the queue (bus.routing's check)."""
-    return bool(redis.smembers(RQ_WORKERS_PREFIX + queue))
+    return bool(redis.smembers(keys.rq_workers(queue)))
 
 
 def enqueue(redis: Any, queue: str, payload: dict[str, Any], timeout: float) -> None:
@@ -83,7 +79,7 @@ def enqueue(redis: Any, queue: str, payload: dict[str, Any], timeout: float) -> 
     job_id = payload["request_id"]
     queue_key = keys.RQ_QUEUE_PREFIX + queue
     pipe = redis.pipeline()
-    pipe.sadd(RQ_QUEUES, queue_key)
-    pipe.hset(RQ_JOB_PREFIX + job_id, mapping=job_fields(payload, queue, timeout))
+    pipe.sadd(keys.RQ_QUEUES, queue_key)
+    pipe.hset(keys.rq_job(job_id), mapping=job_fields(payload, queue, timeout))
     pipe.rpush(queue_key, job_id)
     pipe.execute()
