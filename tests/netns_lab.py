@@ -296,11 +296,18 @@ def call_in_background(ns: Netns, home: Path, env: Mapping[str, str], request_id
 @dataclass
 class Adoption:
     """What kill_9_with_calls_ringing saw: every caller (finished), when the first worker was killed, and
-    the adopting worker's log."""
+    the adopting worker (its log; `job()` asks the bus what it stored for a request)."""
 
     callers: list[Caller]
     killed_at: float
-    adopter_log: str
+    ns: Netns
+    home: Path
+    env: Mapping[str, str]
+    adopter_log_path: Path
+
+    @property
+    def adopter_log(self) -> str:
+        return self.adopter_log_path.read_text(errors="replace")
 
     def adopted(self) -> set[str]:
         """The request ids the adopting worker logged as adopted (`follower.adopted`, JSON log lines)."""
@@ -314,20 +321,40 @@ class Adoption:
                 found.add(str(entry.get("request_id")))
         return found
 
+    def job(self, request_id: str) -> dict[str, object]:
+        """`ifbus job <request_id> --json` in queue mode: the result the bus stored, once there is one."""
+        return run_ifbus(self.ns, self.home, "job", request_id, **self.env)[1]
 
+    def settled(self, request_id: str, timeout: float) -> dict[str, object]:
+        """The stored JobResult of `request_id`, waiting up to `timeout` s for the adopter to settle it."""
+        found = wait_for(lambda: self.job(request_id).get("result") or None, timeout, interval=0.2)
+        assert isinstance(found, dict), self.job(request_id)
+        return found
+
+
+@contextmanager
 def kill_9_with_calls_ringing(
     ns: Netns, home: Path, vendor: str, work: Path, calls: Mapping[str, list[str]], ringing: Callable[[], bool],
-    timeout: float = 40.0,
-) -> Adoption:  # fmt: skip
+    *, restart_late: bool = False, timeout: float = 40.0,
+) -> Iterator[Adoption]:  # fmt: skip
     """Issue 15, the way it happens in production: a private redis-server and `ifbus worker <vendor>`;
     every call of `calls` (request id → `ifbus call sip` arguments) submitted by a caller of its own; once
     `ringing()` holds (the parties' INVITE counts) and the ledger shows every call handed to that worker's
-    follower (bus.keys.inflight), kill -9 the worker, start a second one, and wait for every caller.
-    Nothing here waits a fixed time: each step waits for the event that allows the next."""
+    follower (bus.keys.inflight), kill -9 the worker and start a second one: at once, and wait for every
+    caller; or, `restart_late`, only once every caller has given up (no live follower of the type was
+    left to adopt the calls within the callers' window). Yields while Redis and the second worker still
+    run. Nothing here waits a fixed time: each step waits for the event that allows the next."""
     inflight = keys.inflight(vendor)
 
     def followed() -> bool:
         return redis_cli(ns, env, "ZCARD", inflight) == str(len(calls))
+
+    def wait_all(callers: list[Caller]) -> None:
+        threads = [threading.Thread(target=c.wait, args=(timeout,)) for c in callers]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
 
     with private_redis(ns, work) as env:
         first_log, second_log = work / "worker-first.log", work / "worker-second.log"
@@ -348,10 +375,9 @@ def kill_9_with_calls_ringing(
             first.send_signal(signal.SIGKILL)
             killed_at = time.monotonic()
             first.wait(10)
+        if restart_late:
+            wait_all(callers)
         with worker(ns, home, vendor, env, second_log):
-            threads = [threading.Thread(target=c.wait, args=(timeout,)) for c in callers]
-            for thread in threads:
-                thread.start()
-            for thread in threads:
-                thread.join()
-        return Adoption(callers, killed_at, second_log.read_text(errors="replace"))
+            if not restart_late:
+                wait_all(callers)
+            yield Adoption(callers, killed_at, ns, home, env, second_log)

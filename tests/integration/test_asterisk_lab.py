@@ -276,30 +276,46 @@ RING_FOREVER = Path(__file__).resolve().parents[1] / "sipp" / "ring_uas.xml"
 # ringing when the adopter looks, and so is one refused only at REFUSE_AFTER s: both are followed to
 # their end by the adopter. The 2 s party may answer just before or just after the look.
 RING_PAST_ADOPTION = 6
+# With the second worker started only once the callers gave up (about 3 s after the kill, plus its own
+# start-up), a party that rings this long is still ringing when it looks.
+RING_PAST_LATE_ADOPTION = 9
 REFUSE_AFTER = 10
+
+
+def _adoption_server(lab: Lab) -> None:
+    """`adoptast`: the lab Asterisk, answer_timeout=REFUSE_AFTER."""
+    auth = ("--auth", "user=admin", "secret=pass123")
+    options = ("--opt", "context=ctx", "--opt", f"answer_timeout={REFUSE_AFTER}", "--replace")
+    code, _, err = lab.ifbus("add", "sip", "adoptast", "asterisk", *auth, *options)
+    assert code == 0, err
+
+
+def _same_as_stored(adoption: netns_lab.Adoption, caller: netns_lab.Caller) -> None:
+    """What the caller printed is what the bus stored for its request (`ifbus job`): one result."""
+    stored = adoption.settled(caller.request_id, 5.0)
+    assert (stored["message"], stored["call_id"], stored["sip_code"]) == (
+        caller.result["message"], caller.result["call_id"], caller.result["sip_code"]
+    ), (stored, caller.result)  # fmt: skip
 
 
 @pytest.mark.skipif(shutil.which("redis-server") is None, reason="redis-server not installed")
 def test_kill_9_with_calls_ringing_every_caller_gets_the_real_outcome(lab: Lab, tmp_path: Path) -> None:
-    """Seven calls through `ifbus worker asterisk` (server `adoptast`, answer_timeout=REFUSE_AFTER): three to a
-    party that rings 2 s and answers, two to one that rings RING_PAST_ADOPTION s and answers, two to one
-    that rings until Asterisk gives up. Once all seven ring at their parties and are in the worker's
+    """Seven calls through `ifbus worker asterisk` (server `adoptast`, answer_timeout=REFUSE_AFTER): three
+    to a party that rings 2 s and answers, two to one that rings RING_PAST_ADOPTION s and answers, two
+    to one that rings until Asterisk gives up. Once all seven ring at their parties and are in the worker's
     follower, kill -9 it and start another worker.
 
-    Every caller gets the real final outcome from the adopting worker: answered (data `recovered`, with
-    what Status saw: `Ringing` for the 6 s party, which answered while the adopter followed it) for
-    five, SIP 480 (Hangup `TechCause: 480` at answer_timeout) for two. Each party saw exactly one
-    INVITE per call (nothing placed twice), and the answered calls are real channels: hanging them up
-    sends each its BYE."""
+    Every caller gets the real final outcome from the adopting worker (the same one `ifbus job` shows):
+    answered (data `recovered`, with what Status saw: `Ringing` for the 6 s party, which answered while
+    the adopter followed it) for five, SIP 480 (Hangup `TechCause: 480` at answer_timeout) for two.
+    Each party saw exactly one INVITE per call (nothing placed twice), and the answered calls are real
+    channels: hanging them up sends each its BYE."""
     slow = _party(tmp_path, "sipp", ["-sf", str(RING_THEN_ANSWER)], name="ring2")
     ring6 = netns_lab.ring_then_answer(tmp_path, RING_PAST_ADOPTION)
     later = _party(tmp_path, "sipp", ["-sf", str(ring6)], name="ring6")
     ring = _party(tmp_path, "sipp", ["-sf", str(RING_FOREVER)], name="ring")
     try:
-        auth = ("--auth", "user=admin", "secret=pass123")
-        options = ("--opt", "context=ctx", "--opt", f"answer_timeout={REFUSE_AFTER}", "--replace")
-        code, _, err = lab.ifbus("add", "sip", "adoptast", "asterisk", *auth, *options)
-        assert code == 0, err
+        _adoption_server(lab)
         args = ("to=park", "--timeout", "40")
         calls = {f"ast-kill9-answer2-{i}": ["adoptast", f"from={slow.dial}", *args] for i in range(3)}
         calls |= {f"ast-kill9-answer6-{i}": ["adoptast", f"from={later.dial}", *args] for i in range(2)}
@@ -309,20 +325,22 @@ def test_kill_9_with_calls_ringing_every_caller_gets_the_real_outcome(lab: Lab, 
         def ringing() -> bool:
             return (slow.count("INVITE"), later.count("INVITE"), ring.count("INVITE")) == (3, 2, 2)
 
-        adoption = netns_lab.kill_9_with_calls_ringing(NS, lab.home, "asterisk", tmp_path, calls, ringing)
-        answered = [c for c in adoption.callers if "answer" in c.request_id]
-        for caller in adoption.callers:
-            why = (caller.result, caller.stderr[-500:], adoption.adopter_log[-3000:])
-            if caller in answered:
-                assert caller.code == 0, why
-                call_id = str(caller.result["call_id"])
-                assert CALL_ID.fullmatch(call_id) and caller.result["message"] == f"Call {call_id} answered on adoptast"
-                assert caller.result["data"]["recovered"] is True, why  # type: ignore[index]
-            else:
-                assert caller.code == 5 and caller.result["sip_code"] == 480, why
-            if "answer6" in caller.request_id:
-                assert caller.result["data"]["state_at_adoption"] == "Ringing", why  # type: ignore[index]
-        assert adoption.adopted() == set(calls), adoption.adopter_log[-3000:]
+        with netns_lab.kill_9_with_calls_ringing(NS, lab.home, "asterisk", tmp_path, calls, ringing) as adoption:
+            answered = [c for c in adoption.callers if "answer" in c.request_id]
+            for caller in adoption.callers:
+                why = (caller.result, caller.stderr[-500:], adoption.adopter_log[-3000:])
+                if caller in answered:
+                    assert caller.code == 0, why
+                    call_id = str(caller.result["call_id"])
+                    assert CALL_ID.fullmatch(call_id), why
+                    assert caller.result["message"] == f"Call {call_id} answered on adoptast", why
+                    assert caller.result["data"]["recovered"] is True, why  # type: ignore[index]
+                else:
+                    assert caller.code == 5 and caller.result["sip_code"] == 480, why
+                if "answer6" in caller.request_id:
+                    assert caller.result["data"]["state_at_adoption"] == "Ringing", why  # type: ignore[index]
+                _same_as_stored(adoption, caller)
+            assert adoption.adopted() == set(calls), adoption.adopter_log[-3000:]
 
         invites = slow.invites_by_call() + later.invites_by_call() + ring.invites_by_call()
         assert len(invites) == 7 and set(invites.values()) == {1}, invites
@@ -343,3 +361,45 @@ def test_kill_9_with_calls_ringing_every_caller_gets_the_real_outcome(lab: Lab, 
     finally:
         for party in (slow, later, ring):
             party.stop()
+
+
+@pytest.mark.skipif(shutil.which("redis-server") is None, reason="redis-server not installed")
+def test_kill_9_with_no_worker_left_a_later_worker_still_settles_the_calls(lab: Lab, tmp_path: Path) -> None:
+    """The only `ifbus worker asterisk` is killed -9 with two calls ringing and nothing else serves the
+    type: within its window (the lease, about 3 s) no follower is alive to adopt them, so each caller
+    hears "stopped without answering" (exit 6, outcome unknown) rather than waiting in vain. A worker
+    started after that still adopts both and settles them from Asterisk's state, once: `ifbus job` then
+    shows the real outcome (answered after it followed the ringing call; SIP 480 for the one Asterisk gave
+    up on), and each party saw one INVITE."""
+    ring9 = netns_lab.ring_then_answer(tmp_path, RING_PAST_LATE_ADOPTION)
+    later = _party(tmp_path, "sipp", ["-sf", str(ring9)], name="ring9")
+    ring = _party(tmp_path, "sipp", ["-sf", str(RING_FOREVER)], name="ring")
+    try:
+        _adoption_server(lab)
+        args = ("to=park", "--timeout", "40")
+        calls = {"ast-late-answer": ["adoptast", f"from={later.dial}", *args],
+                 "ast-late-refuse": ["adoptast", f"from={ring.dial}", *args]}  # fmt: skip
+
+        def ringing() -> bool:
+            return (later.count("INVITE"), ring.count("INVITE")) == (1, 1)
+
+        with netns_lab.kill_9_with_calls_ringing(NS, lab.home, "asterisk", tmp_path, calls, ringing,
+                                                 restart_late=True) as adoption:  # fmt: skip
+            for caller in adoption.callers:
+                assert caller.code == 6 and "stopped without answering" in str(caller.result["message"]), caller.result
+            answered = adoption.settled("ast-late-answer", 20.0)
+            refused = adoption.settled("ast-late-refuse", 20.0)
+            assert adoption.adopted() == set(calls), adoption.adopter_log[-3000:]
+        call_id = str(answered["call_id"])
+        assert answered["outcome"] == "ok" and answered["message"] == f"Call {call_id} answered on adoptast", answered
+        assert answered["data"] == {**answered["data"], "recovered": True, "state_at_adoption": "Ringing"}  # type: ignore[dict-item]
+        assert refused["outcome"] == "rejected" and refused["sip_code"] == 480, refused
+        code, answer, err = lab.ifbus("hangup", "sip", "adoptast", f"call_id={call_id}")
+        assert code == 0 and answer["message"] == f"Call {call_id} ended on adoptast", err
+        assert later.wait_count("BYE", 1) == 1
+        assert ring.wait_count("CANCEL", 1) == 1
+        invites = later.invites_by_call() + ring.invites_by_call()
+        assert len(invites) == 2 and set(invites.values()) == {1}, invites
+    finally:
+        later.stop()
+        ring.stop()

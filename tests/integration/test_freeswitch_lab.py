@@ -253,30 +253,46 @@ RING_FOREVER = Path(__file__).resolve().parents[1] / "sipp" / "ring_uas.xml"
 # ringing when the adopter looks, and so is one refused only at REFUSE_AFTER s: both are followed to
 # their end by the adopter. The 2 s party may answer just before or just after the look.
 RING_PAST_ADOPTION = 6
+# With the second worker started only once the callers gave up (about 3 s after the kill, plus its own
+# start-up), a party that rings this long is still ringing when it looks.
+RING_PAST_LATE_ADOPTION = 9
 REFUSE_AFTER = 10
+
+
+def _adoption_server(lab: Lab) -> None:
+    """`adoptfs`: the lab FreeSWITCH, originate_timeout=REFUSE_AFTER."""
+    auth = ("--auth", "apikey=labpass", "domain=lab.test")
+    common = ("--host", "127.0.0.1", "--port", "8021", "--opt", "sip_port=5080", "--opt", "context=public")
+    options = ("--opt", f"originate_timeout={REFUSE_AFTER}", "--replace")
+    code, _, err = lab.ifbus("add", "sip", "adoptfs", "freeswitch", *auth, *common, *options)
+    assert code == 0, err
+
+
+def _same_as_stored(adoption: netns_lab.Adoption, caller: netns_lab.Caller) -> None:
+    """What the caller printed is what the bus stored for its request (`ifbus job`): one result."""
+    stored = adoption.settled(caller.request_id, 5.0)
+    assert (stored["message"], stored["call_id"], stored["sip_code"]) == (
+        caller.result["message"], caller.result["call_id"], caller.result["sip_code"]
+    ), (stored, caller.result)  # fmt: skip
 
 
 @pytest.mark.skipif(shutil.which("redis-server") is None, reason="redis-server not installed")
 def test_kill_9_with_calls_ringing_every_caller_gets_the_real_outcome(lab: Lab, tmp_path: Path) -> None:
-    """Seven calls through `ifbus worker freeswitch` (server `adoptfs`, originate_timeout=REFUSE_AFTER): three to a
-    party that rings 2 s and answers, two to one that rings RING_PAST_ADOPTION s and answers, two to one
-    that rings until FreeSWITCH gives up. Once all seven ring at their parties and are in the worker's
+    """Seven calls through `ifbus worker freeswitch` (server `adoptfs`, originate_timeout=REFUSE_AFTER): three
+    to a party that rings 2 s and answers, two to one that rings RING_PAST_ADOPTION s and answers, two
+    to one that rings until FreeSWITCH gives up. Once all seven ring at their parties and are in the worker's
     follower, kill -9 it and start another worker.
 
-    Every caller gets the real final outcome from the adopting worker: answered (data `recovered`, with
-    the Answer-State uuid_dump showed: `ringing` for the 6 s party, which answered while the adopter
-    followed it) for five, SIP 480 (`-ERR NO_ANSWER` at originate_timeout) for two. Each party saw
-    exactly one INVITE per call (nothing placed twice), and the answered calls are real channels:
-    hanging them up sends each its BYE."""
+    Every caller gets the real final outcome from the adopting worker (the same one `ifbus job` shows):
+    answered (data `recovered`, with the Answer-State uuid_dump showed: `ringing` for the 6 s party,
+    which answered while the adopter followed it) for five, SIP 480 (`-ERR NO_ANSWER` at
+    originate_timeout) for two. Each party saw exactly one INVITE per call (nothing placed twice), and
+    the answered calls are real channels: hanging them up sends each its BYE."""
     slow = _party(tmp_path, "ring2", ["-sf", str(RING_THEN_ANSWER)])
     later = _party(tmp_path, "ring6", ["-sf", str(netns_lab.ring_then_answer(tmp_path, RING_PAST_ADOPTION))])
     ring = _party(tmp_path, "ring", ["-sf", str(RING_FOREVER)])
     try:
-        auth = ("--auth", "apikey=labpass", "domain=lab.test")
-        common = ("--host", "127.0.0.1", "--port", "8021", "--opt", "sip_port=5080", "--opt", "context=public")
-        options = ("--opt", f"originate_timeout={REFUSE_AFTER}", "--replace")
-        code, _, err = lab.ifbus("add", "sip", "adoptfs", "freeswitch", *auth, *common, *options)
-        assert code == 0, err
+        _adoption_server(lab)
         args = ("to=9196", "--timeout", "40")
         calls = {f"fs-kill9-answer2-{i}": ["adoptfs", f"from={slow.dial}", *args] for i in range(3)}
         calls |= {f"fs-kill9-answer6-{i}": ["adoptfs", f"from={later.dial}", *args] for i in range(2)}
@@ -286,20 +302,22 @@ def test_kill_9_with_calls_ringing_every_caller_gets_the_real_outcome(lab: Lab, 
         def ringing() -> bool:
             return (slow.count("INVITE"), later.count("INVITE"), ring.count("INVITE")) == (3, 2, 2)
 
-        adoption = netns_lab.kill_9_with_calls_ringing(NS, lab.home, "freeswitch", tmp_path, calls, ringing)
-        answered = [c for c in adoption.callers if "answer" in c.request_id]
-        for caller in adoption.callers:
-            why = (caller.result, caller.stderr[-500:], adoption.adopter_log[-3000:])
-            if caller in answered:
-                assert caller.code == 0, why
-                call_id = str(caller.result["call_id"])
-                assert UUID.fullmatch(call_id) and caller.result["message"] == f"Call {call_id} answered on adoptfs"
-                assert caller.result["data"]["recovered"] is True, why  # type: ignore[index]
-            else:
-                assert caller.code == 5 and caller.result["sip_code"] == 480, why
-            if "answer6" in caller.request_id:
-                assert caller.result["data"]["state_at_adoption"] == "ringing", why  # type: ignore[index]
-        assert adoption.adopted() == set(calls), adoption.adopter_log[-3000:]
+        with netns_lab.kill_9_with_calls_ringing(NS, lab.home, "freeswitch", tmp_path, calls, ringing) as adoption:
+            answered = [c for c in adoption.callers if "answer" in c.request_id]
+            for caller in adoption.callers:
+                why = (caller.result, caller.stderr[-500:], adoption.adopter_log[-3000:])
+                if caller in answered:
+                    assert caller.code == 0, why
+                    call_id = str(caller.result["call_id"])
+                    assert UUID.fullmatch(call_id), why
+                    assert caller.result["message"] == f"Call {call_id} answered on adoptfs", why
+                    assert caller.result["data"]["recovered"] is True, why  # type: ignore[index]
+                else:
+                    assert caller.code == 5 and caller.result["sip_code"] == 480, why
+                if "answer6" in caller.request_id:
+                    assert caller.result["data"]["state_at_adoption"] == "ringing", why  # type: ignore[index]
+                _same_as_stored(adoption, caller)
+            assert adoption.adopted() == set(calls), adoption.adopter_log[-3000:]
 
         invites = slow.invites_by_call() + later.invites_by_call() + ring.invites_by_call()
         assert len(invites) == 7 and set(invites.values()) == {1}, invites
@@ -320,3 +338,44 @@ def test_kill_9_with_calls_ringing_every_caller_gets_the_real_outcome(lab: Lab, 
     finally:
         for party in (slow, later, ring):
             party.stop()
+
+
+@pytest.mark.skipif(shutil.which("redis-server") is None, reason="redis-server not installed")
+def test_kill_9_with_no_worker_left_a_later_worker_still_settles_the_calls(lab: Lab, tmp_path: Path) -> None:
+    """The only `ifbus worker freeswitch` is killed -9 with two calls ringing and nothing else serves the
+    type: within its window (the lease, about 3 s) no follower is alive to adopt them, so each caller
+    hears "stopped without answering" (exit 6, outcome unknown) rather than waiting in vain. A worker
+    started after that still adopts both and settles them from FreeSWITCH's state, once: `ifbus job` then
+    shows the real outcome (answered after it followed the ringing call; SIP 480 for the one FreeSWITCH gave
+    up on), and each party saw one INVITE."""
+    later = _party(tmp_path, "ring9", ["-sf", str(netns_lab.ring_then_answer(tmp_path, RING_PAST_LATE_ADOPTION))])
+    ring = _party(tmp_path, "ring", ["-sf", str(RING_FOREVER)])
+    try:
+        _adoption_server(lab)
+        args = ("to=9196", "--timeout", "40")
+        calls = {"fs-late-answer": ["adoptfs", f"from={later.dial}", *args],
+                 "fs-late-refuse": ["adoptfs", f"from={ring.dial}", *args]}  # fmt: skip
+
+        def ringing() -> bool:
+            return (later.count("INVITE"), ring.count("INVITE")) == (1, 1)
+
+        with netns_lab.kill_9_with_calls_ringing(NS, lab.home, "freeswitch", tmp_path, calls, ringing,
+                                                 restart_late=True) as adoption:  # fmt: skip
+            for caller in adoption.callers:
+                assert caller.code == 6 and "stopped without answering" in str(caller.result["message"]), caller.result
+            answered = adoption.settled("fs-late-answer", 20.0)
+            refused = adoption.settled("fs-late-refuse", 20.0)
+            assert adoption.adopted() == set(calls), adoption.adopter_log[-3000:]
+        call_id = str(answered["call_id"])
+        assert answered["outcome"] == "ok" and answered["message"] == f"Call {call_id} answered on adoptfs", answered
+        assert answered["data"] == {**answered["data"], "recovered": True, "state_at_adoption": "ringing"}  # type: ignore[dict-item]
+        assert refused["outcome"] == "rejected" and refused["sip_code"] == 480, refused
+        code, answer, err = lab.ifbus("hangup", "sip", "adoptfs", f"call_id={call_id}")
+        assert code == 0 and answer["message"] == f"Call {call_id} ended on adoptfs", err
+        assert later.wait_count("BYE", 1) == 1
+        assert ring.wait_count("CANCEL", 1) == 1
+        invites = later.invites_by_call() + ring.invites_by_call()
+        assert len(invites) == 2 and set(invites.values()) == {1}, invites
+    finally:
+        later.stop()
+        ring.stop()
