@@ -141,25 +141,51 @@ class Producer:
 
 
 def job_status(job_id: str, settings: Settings | None = None) -> dict[str, Any]:
-    """A request's final JobResult from the bus's own store (it outlives RQ's job record, which is
-    dropped on success, and spans failover hops), else what RQ says of the job meanwhile."""
+    """A request's state: `finished` with the bus's own JobResult (it outlives RQ's job record, which is
+    dropped on success, and spans failover hops); `in_flight` while a call the job handed to a follower
+    still rings or talks (its RQ job already says "finished": it returned `{"followed": true}`), with
+    the follower that owns it (`followed_by`), the server and the call id; else what RQ says.
+
+    The reads go RQ, then the follow record, then the result: a call is followed inside its job and
+    settled by one transaction that stores the result and drops the record (workers.jobs,
+    bus.ledger.finish_many), so whatever RQ saw first, a later look at those two cannot miss both —
+    unless the record outlived its DEDUP time with no answer: `unknown`."""
     from rq.exceptions import NoSuchJobError
     from rq.job import Job
     from rq.serializers import JSONSerializer
 
     from bus.errors import NotFound
-    from bus.ledger import RedisLedger
+    from bus.ledger import FollowRecord, RedisLedger
 
     settings = settings or Settings()
     redis = from_url(settings.effective_redis_url)
     try:
+        try:
+            job = Job.fetch(job_id, connection=redis, serializer=JSONSerializer)
+            status = job.get_status()
+            rq_status = str(getattr(status, "value", status))
+        except NoSuchJobError:
+            rq_status = None
+        raw_record = redis.get(keys.followed(job_id))
         result = RedisLedger(redis).result(job_id)
         if result is not None:
             return {"job_id": job_id, "status": "finished", "result": result}
-        job = Job.fetch(job_id, connection=redis, serializer=JSONSerializer)
-    except NoSuchJobError:
-        raise NotFound(f"Not found: job {job_id}") from None
+        if raw_record is not None:
+            record = FollowRecord.from_json(raw_record)
+            owner = redis.hget(keys.inflight_owner(record.type), job_id)
     except (RedisError, OSError) as exc:
         raise Unreachable(f"Redis at {safe_url(settings.effective_redis_url)} is not reachable: {exc}") from None
-    status = job.get_status()
-    return {"job_id": job_id, "status": str(getattr(status, "value", status)), "result": None}
+    if raw_record is not None:
+        return {
+            "job_id": job_id,
+            "status": "in_flight",
+            "result": None,
+            "server": record.server,
+            "call_id": record.ref.get("call_id"),
+            "followed_by": owner.decode(errors="replace") if owner else None,
+        }
+    if rq_status is None:
+        raise NotFound(f"Not found: job {job_id}")
+    if rq_status == "finished":  # handed to a follower, and neither its answer nor its record is left
+        return {"job_id": job_id, "status": "unknown", "result": None}
+    return {"job_id": job_id, "status": rq_status, "result": None}

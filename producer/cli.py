@@ -468,6 +468,9 @@ def _first_error(exc: Any) -> str:
 def job(job_id: str, as_json: bool) -> None:
     """Look up a queued job by id (what `--no-wait` or a timeout printed).
 
+    A call still ringing or talking is `in flight` (with the worker following it) until the bus has
+    its answer, then `finished` with that answer.
+
     \b
     Example:
       ifbus job 3f1c0e9a2b7d4e0f8a6b5c4d3e2f1a0b
@@ -479,11 +482,13 @@ def job(job_id: str, as_json: bool) -> None:
         raise InvalidInput(f"invalid job id {job_id[:70]!r}")
     status = job_status(job_id)
     result = status["result"] or {}
-    emit(
-        as_json,
-        {"ok": True, **status},
-        f"{job_id}: {status['status']}" + (f" — {result.get('message')}" if result else ""),
-    )
+    line = f"{job_id}: {status['status']}" + (f" — {result.get('message')}" if result else "")
+    if status["status"] == "in_flight":
+        line = (f"{job_id}: in flight — call {status['call_id'] or '?'} on {status['server']}, "
+                f"followed by worker {status['followed_by'] or '(being adopted)'}; the answer comes when it settles")
+    elif status["status"] == "unknown":
+        line = f"{job_id}: unknown — the call was handed to a follower and no answer or record of it is left"
+    emit(as_json, {"ok": True, **status}, line)
 
 
 @cli.command(context_settings=CONTEXT)
