@@ -1,6 +1,7 @@
-"""RQ's record of one bus job, written without importing rq (the CLI's light submit, producer.light).
+"""RQ's record of one bus job, written without importing rq (bus.queues.enqueue, and the CLI's light
+submit, producer.light).
 
-bus.queues.enqueue has RQ 3's `Queue.enqueue` write a job; this writes the same keys and hash fields
+bus.queues.rq_enqueue has RQ 3's `Queue.enqueue` write a job; this writes the same keys and hash fields
 for the one job shape the bus uses (a function name, one positional dict, JSON serializer, no
 dependencies, callbacks or meta), so RQ workers, `rq info` and `ifbus job` see no difference:
 
@@ -74,9 +75,10 @@ def served(redis: Any, queue: str) -> bool:
     return bool(redis.smembers(keys.rq_workers(queue)))
 
 
-def enqueue(redis: Any, queue: str, payload: dict[str, Any], timeout: float) -> None:
-    """Queue `payload` (its request id is the job id) as RQ's Queue.enqueue does, in one transaction."""
-    job_id = payload["request_id"]
+def enqueue(redis: Any, queue: str, payload: dict[str, Any], timeout: float, job_id: str | None = None) -> None:
+    """Queue `payload` as RQ's Queue.enqueue does, in one transaction; the job id is the request id
+    unless given (a failover hop names its own)."""
+    job_id = job_id or payload["request_id"]
     queue_key = keys.RQ_QUEUE_PREFIX + queue
     pipe = redis.pipeline()
     pipe.sadd(keys.RQ_QUEUES, queue_key)

@@ -1,6 +1,6 @@
 """The CLI's light queue-mode submit (producer.light) queues the same job as the full path.
 
-The full path: pydantic models, bus.routing, RQ's Queue.enqueue on redis-py. The light one: the same
+The full path: pydantic models, bus.routing, bus.rqwire's record on redis-py. The light one: the same
 rule functions, bus.rqwire's record, bus.resp. A real `ifbus worker` runs what the light path queued.
 """
 
@@ -19,7 +19,7 @@ from click.testing import CliRunner
 from redis import Redis
 
 from bus import keys, models, resp, rqwire
-from bus.queues import enqueue
+from bus.queues import rq_enqueue
 from producer import light
 from producer.cli import cli
 from tests.conftest import redis_answers
@@ -77,7 +77,7 @@ def test_what_a_model_refuses_goes_to_the_full_path(op: str, fields: dict[str, A
 
 
 def test_rq_record_is_the_one_rq_writes(redis_url: str) -> None:
-    """The same request queued by RQ (bus.queues.enqueue) and by bus.rqwire: the same keys and the
+    """The same request queued by RQ (bus.queues.rq_enqueue) and by bus.rqwire: the same keys and the
     same hash, field by field (the two stamps aside), and RQ reads the light one back as its own."""
     from rq.job import Job
     from rq.serializers import JSONSerializer
@@ -90,7 +90,8 @@ def test_rq_record_is_the_one_rq_writes(redis_url: str) -> None:
     for rid, via_rq in (("00000000000000000000000000000001", True), ("00000000000000000000000000000002", False)):
         payload = {**base, "request_id": rid, "reply_key": keys.reply(rid)}
         if via_rq:
-            enqueue(redis, "asterisk", models.CallRequest.model_validate(payload))
+            dumped = models.CallRequest.model_validate(payload).model_dump(mode="json", by_alias=True)
+            rq_enqueue(redis, "asterisk", dumped, 45.0)
         else:
             rqwire.enqueue(client, "sip.asterisk", payload, 45.0)
         job = {k.decode(): v for k, v in redis.hgetall(f"rq:job:{rid}").items()}
