@@ -75,13 +75,16 @@ def served(redis: Any, queue: str) -> bool:
     return bool(redis.smembers(keys.rq_workers(queue)))
 
 
-def enqueue(redis: Any, queue: str, payload: dict[str, Any], timeout: float, job_id: str | None = None) -> None:
+def enqueue(redis: Any, queue: str, payload: dict[str, Any], timeout: float, job_id: str | None = None,
+            pipe: Any = None) -> None:  # fmt: skip
     """Queue `payload` as RQ's Queue.enqueue does, in one transaction; the job id is the request id
-    unless given (a failover hop names its own)."""
+    unless given (a failover hop names its own). With `pipe`, the commands are only queued on the
+    caller's pipeline (a batch of jobs in one round trip)."""
     job_id = job_id or payload["request_id"]
     queue_key = keys.RQ_QUEUE_PREFIX + queue
-    pipe = redis.pipeline()
-    pipe.sadd(keys.RQ_QUEUES, queue_key)
-    pipe.hset(keys.rq_job(job_id), mapping=job_fields(payload, queue, timeout))
-    pipe.rpush(queue_key, job_id)
-    pipe.execute()
+    batch = redis.pipeline() if pipe is None else pipe
+    batch.sadd(keys.RQ_QUEUES, queue_key)
+    batch.hset(keys.rq_job(job_id), mapping=job_fields(payload, queue, timeout))
+    batch.rpush(queue_key, job_id)
+    if pipe is None:
+        batch.execute()
