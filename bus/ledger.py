@@ -53,6 +53,7 @@ class FollowRecord:
     mode: str = "queue"
     attempts: dict[str, int] = field(default_factory=dict)
     errors: dict[str, str] = field(default_factory=dict)
+    permit: str = ""  # the call's slot in its server's call-rate limits (bus.ratelimit), "" when none
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))

@@ -25,7 +25,9 @@ a sorted set in the order their first request reached Redis — submission order
 can tell (RQ hands jobs out in queue order) — and a slot goes to the first waiters only. A waiter
 renews a short lease each time it asks, so a worker that died while waiting does not block the
 queue for longer than `WAITER_LEASE`; permits held by a dead worker expire with the caller's
-deadline. A vendor's 429/503 with Retry-After pauses the server's grants for that long (`slow`).
+deadline, unless a follower adopts its call (workers.follower): the slot's token travels in the
+follow record, and the adopter settles it as the dead worker would have (`Limiter.resume`).
+A vendor's 429/503 with Retry-After pauses the server's grants for that long (`slow`).
 
 Cost with an open bucket: one round trip to take the slot; the acknowledgement (and, with
 `max_concurrent`, the release when the call settles) are one more each, after the call is placed,
@@ -364,9 +366,9 @@ class Slot:
     raises: a Redis hiccup there must not turn a placed call into an error (the permits then expire
     on their own, which only ever slows the server down)."""
 
-    def __init__(self, store: Store, server: str, token: str, limits: Limits, ring: float) -> None:
+    def __init__(self, store: Store, server: str, token: str, limits: Limits, ring: float, sent: bool = False) -> None:
         self.store, self.server, self.token, self.limits, self.ring = store, server, token, limits, ring
-        self._sent_done = self._live_done = False
+        self._sent_done, self._live_done = sent, False
 
     def sent(self, reached: bool = True) -> None:
         """The originate is over: `reached` — the server got it (its answer is back, or it may have got
@@ -425,6 +427,17 @@ class Limiter:
                 raise _limited(server, limits, verdict, time.monotonic() - started)
             self._sleep(max(0.001, pause))
         raise AssertionError("unreachable: the loop returns or raises")
+
+    def resume(self, server: str, options: dict[str, str], token: str) -> Slot | None:
+        """The slot another process took for a call it placed and then died following (the adopting
+        follower settles it): freed when the call settles, held for the ring window when it may still
+        ring — not left to expire with the dead caller's deadline. None when the server has no limits
+        (now) or the call took no slot."""
+        limits = Limits.of(server, options)
+        if not token or not limits.active:
+            return None
+        # Accepted before its follower died: the CPS window already runs; only the live permit is left.
+        return Slot(self.store, server, token, limits, ring_window(options), sent=True)
 
     def slow(self, server: str, options: dict[str, str], retry_after: float) -> bool:
         """The server said "not now, retry after N s": pause its grants fleet-wide. False when the

@@ -265,3 +265,48 @@ def test_a_failed_handoff_leaves_the_call_to_its_job(redis: Redis, monkeypatch: 
     assert done["call_id"] == "in-job-1" and done["exit_code"] == 0  # followed in the job, answered once
     assert follower.inflight == 0 and adapter.placed == 1
     assert json.loads(redis.lpop("ifbus:reply:req-handoff-failed"))["call_id"] == "in-job-1"
+
+
+def test_an_adopted_calls_max_concurrent_permit_is_settled_by_the_adopter(redis: Redis) -> None:
+    """The dead worker's slot (bus.ratelimit) travels in the follow record: the adopter frees it when
+    the call is answered, and holds it for the server's ring window when the outcome is unknown —
+    instead of leaving it held until the dead caller's deadline (a server slowed for nothing) or
+    letting it lapse then while the call may still ring (the limit overrun)."""
+    from bus import keys
+    from bus.ratelimit import Limiter, RedisLimiter
+
+    entry = ServerEntry.build("kamailio", {"token": "t"}, options={"attempts": "1", "max_concurrent": "5",
+                                                                   "fr_inv_timer": "40"})  # fmt: skip
+    open_registry().add("kam", entry)
+    adapter = PolledAdapter("kam", open_registry().get("kam"), ring=60)
+    install(adapter)
+    live = keys.rate_keys("kam")[2]
+    dead = Follower(redis)
+    context = jobs.Context(RedisHealth(redis), RedisLedger(redis), limiter=Limiter(RedisLimiter(redis)), follower=dead)
+    for rid in ("req-permit-up", "req-permit-lost"):
+        payload = {"op": "call", "server": "kam", "from": "1001", "to": "2000", "request_id": rid,
+                   "reply_key": f"ifbus:reply:{rid}", "timeout": 30}  # fmt: skip
+        assert jobs.execute(payload, mode="queue", context=context)["followed"]
+    held = {token.decode(): score for token, score in redis.zrange(live, 0, -1, withscores=True)}
+    assert len(held) == 2 and all(token.startswith("req-permit-") for token in held)
+    dead._stop.set()
+    dead._wake.set()
+    dead._thread.join(5)  # type: ignore[union-attr]
+    ledger = RedisLedger(redis)
+    assert wait_for_value(lambda: ledger.read_lease("req-permit-up") is None, 6)
+
+    adapter.outcomes["kam-t2"] = RuntimeError("the server lost track of it")  # the second call: outcome unknown
+    adopter = Follower(redis)
+    adopter.serve(["kamailio"])
+    assert wait_for_value(lambda: adopter.inflight == 2, 5)
+    adapter.ring = 0
+    up, lost = answer_of(redis, "req-permit-up"), answer_of(redis, "req-permit-lost")
+    assert (up["exit_code"], lost["exit_code"]) == (0, 6)
+    assert wait_for_value(lambda: redis.zcard(live) == 1, 5)  # the answered call's permit is freed
+    ((token, expiry),) = redis.zrange(live, 0, -1, withscores=True)
+    assert token.decode().startswith("req-permit-lost:")
+    seconds, micros = redis.time()
+    now_ms = seconds * 1000 + micros / 1000
+    assert 35_000 < expiry - now_ms <= 40_000  # held for the ring window (fr_inv_timer), not the old deadline
+    assert expiry != held[token.decode()]
+    adopter.drain(0)

@@ -71,10 +71,12 @@ class Follower:
 
     def __init__(self, redis: Any, *, max_inflight: int | None = None, adopt: bool = True) -> None:
         from bus.health import RedisHealth
+        from bus.ratelimit import Limiter, RedisLimiter
         from workers.jobs import Context
 
         self.ledger = RedisLedger(redis)
         self.context = Context(RedisHealth(redis), self.ledger)
+        self.limiter = Limiter(RedisLimiter(redis))  # for the permits of calls it adopts
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
         self.max_inflight = max_inflight or int(_env_float("IFBUS_MAX_INFLIGHT", MAX_INFLIGHT))
         self.adopting = adopt
@@ -317,7 +319,20 @@ class Follower:
                         self._calls[record.request_id] = call
                     self._settle(call, NotFound(f"Not found: {record.server} (removed from the registry)"))
                     continue
-                self._track(record, POOL.get(record.server, entry), None, since, adopted=True)
+                self._track(record, POOL.get(record.server, entry), self._slot_of(record, entry), since, adopted=True)
+
+
+    def _slot_of(self, record: FollowRecord, entry: Any) -> Callable[[bool], None] | None:
+        """The adopted call's place in its server's max_concurrent: this follower frees it when the call
+        settles, as the dead one would have (else it stays held until the dead caller's deadline)."""
+        if not record.permit:
+            return None
+        try:
+            slot = self.limiter.resume(record.server, entry.effective_options, record.permit)
+        except Exception as exc:  # bad limit options now: the permit expires on its own (the safe side)
+            log.warning("follower.permit_unknown", request_id=record.request_id, error=type(exc).__name__)
+            return None
+        return slot.done if slot is not None else None
 
 
 class _Gone(Adapter):

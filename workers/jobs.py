@@ -43,7 +43,7 @@ from bus.models import (
     TestRequest,
     parse_request,
 )
-from bus.ratelimit import Limiter, MemoryLimiter, RateLimited, RedisLimiter
+from bus.ratelimit import Limiter, MemoryLimiter, RateLimited, RedisLimiter, Slot
 from bus.registry import open_registry
 from bus.server import ServerEntry
 from workers.adapters.base import Adapter, Answer, Until
@@ -56,7 +56,7 @@ _OPS = ("test", "call", "hangup")
 
 # The answer of a call handed to the process's follower: nobody is answered by the job itself.
 FOLLOWED: Any = Answer("handed to the follower")
-Handoff = Callable[[Adapter, CallRef, "Callable[[bool], None] | None"], None]
+Handoff = Callable[[Adapter, CallRef, "Slot | None"], None]
 
 
 @dataclass
@@ -218,14 +218,15 @@ def _handoff(
     if follower is None or not isinstance(request, CallRequest) or request.until != "answered":
         return None
 
-    def hand(adapter: Adapter, ref: CallRef, done: Callable[[bool], None] | None) -> None:
+    def hand(adapter: Adapter, ref: CallRef, slot: Slot | None) -> None:
         now = time.time()
         record = FollowRecord(
             request_id=request.request_id, reply_key=request.reply_key, op=request.op, server=adapter.name,
             type=type_, ref=ref.to_json(), deadline_at=now + max(0.0, deadline - time.monotonic()),
             accepted_at=now, mode=mode, attempts=dict(attempts), errors=dict(errors),
+            permit=slot.token if slot is not None else "",
         )  # fmt: skip
-        follower.take(record, adapter, done)
+        follower.take(record, adapter, slot.done if slot is not None else None)
 
     return hand
 
@@ -335,7 +336,7 @@ def place_call(
     if slot is None:
         return _place(adapter, ledger, request_id, from_, to, until, extras, deadline, lambda reached: None, handoff)
     try:
-        answer = _place(adapter, ledger, request_id, from_, to, until, extras, deadline, slot.sent, handoff, slot.done)
+        answer = _place(adapter, ledger, request_id, from_, to, until, extras, deadline, slot.sent, handoff, slot)
     except BaseException as exc:
         slot.done(ringing=isinstance(exc, OutcomeUnknown))
         raise
@@ -355,7 +356,7 @@ def _place(
     deadline: float,
     sent: Callable[[bool], None],
     handoff: Handoff | None = None,
-    done: Callable[[bool], None] | None = None,
+    slot: Slot | None = None,
 ) -> Answer:
     """`sent(reached)` is told when the originate is over: whether the server got (or may have got) it."""
     holder = ledger.claim_send(request_id, adapter.name)
@@ -385,7 +386,7 @@ def _place(
         return adapter.accepted(ref)
     if handoff is not None:
         try:
-            handoff(adapter, ref, done)
+            handoff(adapter, ref, slot)
             return FOLLOWED
         except Exception as exc:  # Redis refused the follow record: this job follows the call itself
             log.warning("job.handoff_failed", request_id=request_id, server=adapter.name, error=type(exc).__name__)
