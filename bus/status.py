@@ -114,7 +114,7 @@ def _oldest_age(redis: Any, queue: Any, now: float) -> float | None:
     head = redis.lindex(queue.key, 0)
     if head is None:
         return None
-    enqueued = redis.hget(f"rq:job:{head.decode('utf-8', 'replace')}", "enqueued_at")
+    enqueued = redis.hget(keys.rq_job(head.decode("utf-8", "replace")), "enqueued_at")
     if not enqueued:
         return None
     try:

@@ -56,7 +56,8 @@ def wait_reply(redis: Any, ledger: Any, key: str, rid: str, timeout: float, serv
                 return stored
             raise OutcomeUnknown(
                 f"the worker serving request {rid} on {holder} stopped without answering (killed or lost); "
-                f"the call may have been placed on {holder}: check it before trying again",
+                f"the call may have been placed on {holder}: check it before trying again (a worker started "
+                f"later still settles a call it can adopt: `ifbus job {rid}`)",
                 job_id=rid,
                 server=holder,
             )
