@@ -3,8 +3,9 @@
 Everything is read from Redis, where the fleet already keeps it: RQ's queue lists, worker hashes and
 failed-job registries, and the bus's shared breakers (bus.health). Nothing here writes.
 
-Per vendor queue: depth, the oldest waiting job's age, the workers (host, pid, state, the current
-job and how long it has run) and the failed jobs RQ keeps (24 h). Per server of the registry this
+Per vendor queue: depth, the oldest waiting job's age, the calls followed in flight (workers.follower),
+the workers (host, pid, state, the current job and how long it has run, the calls its follower
+follows) and the failed jobs RQ keeps (24 h). Per server of the registry this
 host sees (with IFBUS_REGISTRY=redis: the fleet's): breaker state as workers see it (open past its
 cool-down reads half-open), consecutive failures, the last failure's reason, and the last probe — the
 prober records a failed probe as the breaker's `opened_at` with a `probe:` reason; a successful one
@@ -14,6 +15,7 @@ closes the breaker, so an open breaker's `last_probe_at` is when it was last fou
 from __future__ import annotations
 
 import time
+from collections import Counter
 from datetime import UTC, datetime
 from typing import Any
 
@@ -48,12 +50,14 @@ def collect(redis: Any, entries: dict[str, ServerEntry], types: tuple[str, ...] 
     queues = []
     for type_ in types:
         queue = Queue(keys.queue(type_), connection=redis, serializer=JSONSerializer)
-        workers = [_worker(w, now) for w in Worker.all(queue=queue, serializer=JSONSerializer)]
+        followed = in_flight_by_process(redis, type_)
+        workers = [_worker(w, now, followed) for w in Worker.all(queue=queue, serializer=JSONSerializer)]
         queues.append({
             "queue": queue.name,
             "type": type_,
             "depth": queue.count,
             "oldest_job_age_s": _oldest_age(redis, queue, now),
+            "in_flight": sum(followed.values()),
             "workers": sorted(workers, key=lambda w: (w["host"] or "", w["pid"] or 0)),
             "failed": FailedJobRegistry(queue=queue).count,
         })  # fmt: skip
@@ -91,7 +95,18 @@ def _rate(limiter: Any, name: str, limits: Any) -> dict[str, Any] | None:
     return limiter.view(name, limits) if limits.active else None
 
 
-def _worker(worker: Any, now: float) -> dict[str, Any]:
+def in_flight_by_process(redis: Any, type_: str) -> Counter[tuple[str, int]]:
+    """Calls of `type_` followed right now (workers.follower), per (host, pid) of the worker process
+    whose follower owns them: from the ledger's owner hash, whose values are `host:pid:nonce`."""
+    owners: Counter[tuple[str, int]] = Counter()
+    for raw in redis.hvals(keys.inflight_owner(type_)):
+        host, _, pid = raw.decode("utf-8", "replace").rsplit(":", 1)[0].rpartition(":")
+        if pid.isdigit():  # anything else was not written by a follower: not a worker's call
+            owners[(host, int(pid))] += 1
+    return owners
+
+
+def _worker(worker: Any, now: float, followed: Counter[tuple[str, int]]) -> dict[str, Any]:
     execution = worker.execution
     created = execution.created_at if execution is not None else None
     if created is not None and created.tzinfo is None:
@@ -105,6 +120,7 @@ def _worker(worker: Any, now: float) -> dict[str, Any]:
         "state": str(worker.get_state()),
         "job": execution.job_id if execution is not None else None,
         "job_age_s": round(now - started, 1) if started else None,
+        "in_flight": followed.get((worker.hostname, worker.pid), 0),
         "last_heartbeat": _iso(beat.replace(tzinfo=UTC).timestamp()) if beat else None,
     }
 
@@ -133,15 +149,16 @@ def _iso(stamp: float) -> str:
 def render(report: dict[str, Any]) -> str:
     """The report as tables for people."""
     lines = [f"Redis {report['redis']} · registry {report['registry']}", ""]
-    rows = [("QUEUE", "DEPTH", "OLDEST", "WORKERS", "FAILED")]
+    rows = [("QUEUE", "DEPTH", "OLDEST", "WORKERS", "IN FLIGHT", "FAILED")]
     for q in report["queues"]:
         age = "-" if q["oldest_job_age_s"] is None else f"{q['oldest_job_age_s']:g}s"
-        rows.append((q["queue"], str(q["depth"]), age, str(len(q["workers"])), str(q["failed"])))
+        rows.append((q["queue"], str(q["depth"]), age, str(len(q["workers"])), str(q["in_flight"]), str(q["failed"])))
     lines += _table(rows)
     workers = [(q["queue"], w) for q in report["queues"] for w in q["workers"]]
     if workers:
-        lines += ["", *_table([("WORKER", "QUEUE", "STATE", "JOB AGE")] + [
-            (f"{w['host']}:{w['pid']}", queue, w["state"], "-" if w["job_age_s"] is None else f"{w['job_age_s']:g}s")
+        lines += ["", *_table([("WORKER", "QUEUE", "STATE", "JOB AGE", "IN FLIGHT")] + [
+            (f"{w['host']}:{w['pid']}", queue, w["state"], "-" if w["job_age_s"] is None else f"{w['job_age_s']:g}s",
+             str(w["in_flight"]))
             for queue, w in workers
         ])]  # fmt: skip
     if report["servers"]:

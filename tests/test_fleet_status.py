@@ -78,3 +78,39 @@ def test_status_shows_each_servers_rate_bucket(redis_url: str, ifbus_env: Path) 
     assert (rate["cps"], rate["max_concurrent"], rate["sent_in_window"], rate["waiting"]) == (2, 3, 2, 1)
     text = render({"redis": redis_url, "registry": "file", **collect(redis, {"tw": limited})})
     assert "2/2 cps" in text and "1 waiting" in text
+
+
+def test_status_and_metrics_count_calls_in_flight_per_worker(redis_url: str, ifbus_env: Path) -> None:
+    """Calls handed to followers (workers.follower) show per queue and per worker process in `status`,
+    and as `ifbus_calls_in_flight{type,worker}` on /metrics: both read the ledger's owner hash."""
+    import socket
+
+    from prometheus_client.core import GaugeMetricFamily
+    from rq.serializers import JSONSerializer
+
+    from bus import keys
+    from bus.ledger import FollowRecord, RedisLedger
+    from workers.metrics import SharedState
+    from workers.worker import BusWorker
+
+    redis = Redis.from_url(redis_url)
+    worker = BusWorker([keys.queue("kamailio")], connection=redis, serializer=JSONSerializer)
+    worker.register_birth()
+    ledger, here = RedisLedger(redis), f"{socket.gethostname()}:{os.getpid()}"
+    for i, owner in enumerate([f"{here}:a1b2c3"] * 3 + ["otherhost:77:ffffff"]):
+        record = FollowRecord(request_id=f"req-flight-{i}", reply_key=None, op="call", server="kam", type="kamailio",
+                              ref={"server": "kam", "call_id": None, "handle": {}}, deadline_at=time.time() + 60,
+                              accepted_at=time.time())  # fmt: skip
+        ledger.follow(record, owner)
+    redis.hset(keys.inflight_owner("kamailio"), "req-forged", "not-a-follower")  # counted nowhere
+    report = collect(redis, {})
+    kam = next(q for q in report["queues"] if q["queue"] == "sip.kamailio")
+    assert kam["in_flight"] == 4 and [w["in_flight"] for w in kam["workers"]] == [3]
+    assert next(q for q in report["queues"] if q["queue"] == "sip.asterisk")["in_flight"] == 0
+    text = render({"redis": redis_url, "registry": "file", **report})
+    assert "IN FLIGHT" in text and any(line.split()[-1] == "3" for line in text.splitlines() if here in line)
+
+    families = {f.name: f for f in SharedState(redis, ["kamailio"]).collect() if isinstance(f, GaugeMetricFamily)}
+    samples = {tuple(s.labels.values()): s.value for s in families["ifbus_calls_in_flight"].samples}
+    assert samples == {("kamailio", here): 3.0, ("kamailio", "otherhost:77"): 1.0}
+    worker.register_death()

@@ -15,9 +15,10 @@ What is served:
 - `ifbus_job_seconds{type,op}`: how long a job ran (a histogram);
 - `ifbus_failovers_total{type}`: jobs handed to the next server of their pool;
 - `ifbus_outcome_unknown_total{type,op}`: answers "outcome unknown" (a call may have been placed);
-- `ifbus_breaker_open{server}` (1 open, 0 closed or half-open) and `ifbus_queue_jobs{queue}`: read from
-  Redis at scrape time, since every worker shares them; only the servers and queues of the types
-  this command serves.
+- `ifbus_breaker_open{server}` (1 open, 0 closed or half-open), `ifbus_queue_jobs{queue}` and
+  `ifbus_calls_in_flight{type,worker}` (calls a worker process's follower follows, `worker` = host:pid;
+  bus.status reads the same): read from Redis at scrape time, since every worker shares them; only
+  the servers, queues and types this command serves.
 """
 
 from __future__ import annotations
@@ -108,9 +109,12 @@ class SharedState:
         from bus.health import OPEN, RedisHealth
         from bus.keys import RQ_QUEUE_PREFIX, queue
         from bus.registry import open_registry
+        from bus.status import in_flight_by_process
 
         breaker = GaugeMetricFamily("ifbus_breaker_open", "1 while the server's breaker is open.", labels=["server"])
         depth = GaugeMetricFamily("ifbus_queue_jobs", "Jobs waiting on the vendor queue.", labels=["queue"])
+        inflight = GaugeMetricFamily("ifbus_calls_in_flight", "Calls a worker process's follower follows.",
+                                     labels=["type", "worker"])  # fmt: skip
         started = time.monotonic()
         try:
             names = [n for n, e in open_registry().entries().items() if e.type in self.types]
@@ -122,8 +126,12 @@ class SharedState:
                 pipe.llen(RQ_QUEUE_PREFIX + name)
             for name, length in zip(queues, pipe.execute(), strict=True):
                 depth.add_metric([name], float(length))
+            for type_ in sorted(self.types):
+                for (host, pid), count in in_flight_by_process(self.redis, type_).items():
+                    inflight.add_metric([type_, f"{host}:{pid}"], float(count))
         except Exception as exc:  # a scrape must answer even when Redis or the registry does not
             log.warning("metrics.shared_state_failed", error=str(exc)[:200],
                         after_s=round(time.monotonic() - started, 3))  # fmt: skip
         yield breaker
         yield depth
+        yield inflight
