@@ -209,3 +209,35 @@ def test_a_forged_waiter_never_receives_a_result(redis_url: str) -> None:
     RedisLedger(redis).finish(rid, {"request_id": rid, "exit_code": 0}, keys.reply(rid))
     assert redis.llen(keys.reply(rid)) == 1 and redis.llen(good) == 1
     assert all(not redis.exists(key) for key in forged)
+
+
+STOPPED_WHILE_STARTING = """
+import os, signal, sys
+from redis import Redis
+from rq.serializers import JSONSerializer
+from workers.worker import BusWorker
+
+class Starting(BusWorker):
+    def subscribe(self):  # right after RQ's register_birth, before RQ installs its handlers
+        os.kill(os.getpid(), int(sys.argv[2]))
+        super().subscribe()
+
+worker = Starting(["sip.kamailio"], connection=Redis.from_url(sys.argv[1]), serializer=JSONSerializer)
+worker.work(burst=False, logging_level="WARNING", with_scheduler=False)
+print("stopped cleanly")
+"""
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_a_stop_signal_while_the_worker_registers_deregisters_it(redis_url: str, sig: signal.Signals) -> None:
+    """RQ registers a worker before it installs its signal handlers: a SIGTERM in between (a pool or a
+    scale-down stopping a worker that is still starting; seen beside a CPU burner) killed the process
+    and left it registered, so producers kept routing jobs to it for minutes. The signal is delivered
+    here exactly in that window (from the first call after RQ's register_birth)."""
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", STOPPED_WHILE_STARTING, redis_url, str(int(sig))],
+                          capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert done.returncode == 0 and "stopped cleanly" in done.stdout, (done.returncode, done.stderr[-2000:])
+    assert "Traceback" not in done.stderr, done.stderr[-2000:]
+    assert Worker.count(queue=Queue("sip.kamailio", connection=Redis.from_url(redis_url))) == 0

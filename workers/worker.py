@@ -14,6 +14,7 @@ whose registration vanished; `run_workers` starts a fresh worker if RQ's loop st
 from __future__ import annotations
 
 import contextlib
+import signal
 import time
 from typing import Any
 
@@ -24,6 +25,7 @@ from rq import Queue, SimpleWorker, worker_registration
 from rq.intermediate_queue import IntermediateQueue
 from rq.job import Job
 from rq.serializers import JSONSerializer
+from rq.utils import now as rq_now
 from rq.worker.base import StopRequested
 from rq.worker_pool import WorkerPool
 
@@ -38,6 +40,7 @@ log = get_logger("ifbus.worker")
 ALLOWED_FUNCTIONS = frozenset({JOB_FUNCTION})
 # Redis being away is not a bad entry: RQ's own loop waits for it and reconnects.
 _REDIS_DOWN = (RedisConnectionError, RedisTimeoutError)
+_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 RESTART_WAIT_SECONDS = (0.5, 10.0)  # first and longest wait before a worker whose loop ended is restarted
 # How often a heartbeat checks that the worker's registration survived (RQ beats several times per job;
 # a Redis restart is noticed within this many seconds instead of costing a round trip on every beat).
@@ -122,6 +125,7 @@ class BusWorker(SimpleWorker):
     job_class = BusJob
     queue_class = BusQueue
     _registration_checked = 0.0  # time.monotonic() of the last look at the worker's own hash
+    _held_stop: tuple[int, ...] = ()  # stop signals that arrived while RQ was registering the worker
 
     def execute_job(self, job: Job, queue: Queue) -> None:
         """RQ handles failures of the job function itself; a job hash it cannot even start (garbage
@@ -195,6 +199,29 @@ class BusWorker(SimpleWorker):
             pipe.execute()
         log.warning("worker.registered_again", worker=self.name, queues=self.queue_names(),
                     reason="its registration vanished from Redis (a restart?)")  # fmt: skip
+
+    def bootstrap(self, *args: Any, **kwargs: Any) -> None:
+        """RQ registers the worker here but installs its SIGTERM/SIGINT handlers only afterwards, outside
+        the loop whose `finally` deregisters it: a stop signal in between (a pool, a supervisor or a
+        scale-down stopping a worker that is still starting — a wide window on a busy machine) killed
+        the process and left its registration behind for minutes, with producers routing jobs to it.
+        Such a signal is held here and replayed as a stop request once RQ's handlers are in."""
+        held: list[int] = []
+        previous = {sig: signal.signal(sig, lambda signum, _frame: held.append(signum)) for sig in _STOP_SIGNALS}
+        try:
+            super().bootstrap(*args, **kwargs)
+        except BaseException:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+            raise
+        self._held_stop = tuple(held)
+
+    def _install_signal_handlers(self) -> None:
+        super()._install_signal_handlers()
+        if self._held_stop:  # the loop's first check stops it; its `finally` deregisters the worker
+            log.info("worker.stop_while_starting", worker=self.name, signal=self._held_stop[0])
+            self._shutdown_requested_date = rq_now()
+            self._stop_requested = True
 
     def work(self, burst: bool = False, *args: Any, **kwargs: Any) -> bool:
         """RQ's loop with the process's call follower (workers.follower) beside it: it adopts orphaned
