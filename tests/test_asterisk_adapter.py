@@ -392,6 +392,7 @@ def test_recover_a_ringing_call_that_is_then_not_answered() -> None:
     with AmiPeer(ring=True, noise=True) as peer:
         worker = adapter(peer, answer_timeout="5")
         ref = worker.originate("PJSIP/sippring", "2000", {}, time.monotonic() + T)
+        assert wait_for(lambda: _ringing(peer, ref), T)
         adopter = adapter(peer)
         recovering = Recovering(adopter, ref)
         assert wait_for(lambda: _looked(peer, ref), T)
@@ -441,6 +442,7 @@ def test_recover_still_ringing_at_the_deadline_is_outcome_unknown() -> None:
     with AmiPeer(ring=True) as peer:
         worker = adapter(peer)
         ref = worker.originate("PJSIP/sipp", "2000", {}, time.monotonic() + T)
+        assert wait_for(lambda: _ringing(peer, ref), T)  # Asterisk queues an Originate before the channel exists
         adopter = adapter(peer)
         with pytest.raises(OutcomeUnknown, match="still ringing"):
             adopter.recover(ref, time.monotonic() + 0.5)
@@ -454,6 +456,7 @@ def test_recover_session_lost_while_ringing_is_outcome_unknown() -> None:
     with AmiPeer(ring=True) as peer:
         worker = adapter(peer)
         ref = worker.originate("PJSIP/sipp", "2000", {}, time.monotonic() + T)
+        assert wait_for(lambda: _ringing(peer, ref), T)
         adopter = adapter(peer)
         recovering = Recovering(adopter, ref)
         assert wait_for(lambda: _looked(peer, ref), T)

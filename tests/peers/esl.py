@@ -373,10 +373,10 @@ class EslPeer:
             scenario = SCENARIOS.get(port[1] if port else "", SCENARIOS["5070"])
         channel = uuid_match[1] if uuid_match else scenario.channel
         job = job or scenario.job
-        self._send(session, _substitute(scenario.reply, scenario, channel, job, None))
         if scenario.answered:
             self.live[channel] = scenario
-        self.channels[channel] = "ringing"
+        self.channels[channel] = "ringing"  # before the reply: an adopter may look as soon as it is out
+        self._send(session, _substitute(scenario.reply, scenario, channel, job, None))
 
         def later() -> None:
             self.hold.wait(30)
