@@ -106,3 +106,44 @@ def start_worker(queue_mode: str, tmp_path: Path) -> Iterator:
     yield start
     for worker in started:
         worker.stop()
+
+
+class RedisServer:
+    """A redis-server of a test's own on a fixed port, so it can be killed (Redis lost mid-wait) and
+    started again there (a Redis restart)."""
+
+    def __init__(self, folder: Path) -> None:
+        from tests.lab import free_port
+
+        self.port = free_port(udp=False, tcp=True)
+        self.folder = folder
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        args = ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+                "--dir", str(self.folder)]  # fmt: skip
+        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        from tests.lab import wait_for
+
+        assert wait_for(lambda: redis_answers(self.url), 10), "redis-server did not start"
+
+    def kill(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(10)
+        from tests.lab import wait_for
+
+        assert wait_for(lambda: not redis_answers(self.url), 10)
+
+
+@pytest.fixture
+def own_redis(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[RedisServer]:
+    server = RedisServer(tmp_path)
+    server.start()
+    monkeypatch.setenv("IFBUS_MODE", "queue")
+    monkeypatch.setenv("IFBUS_REDIS_URL", server.url)
+    yield server
+    if server.proc is not None and server.proc.poll() is None:
+        server.proc.terminate()
+        server.proc.wait(10)

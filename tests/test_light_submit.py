@@ -7,11 +7,8 @@ rule functions, bus.rqwire's record, bus.resp. A real `ifbus worker` runs what t
 from __future__ import annotations
 
 import json
-import shutil
-import subprocess
 import threading
 import zlib
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -22,8 +19,8 @@ from bus import keys, models, resp, rqwire
 from bus.queues import rq_enqueue
 from producer import light
 from producer.cli import cli
-from tests.conftest import redis_answers
-from tests.lab import free_port, wait_for
+from tests.conftest import RedisServer
+from tests.lab import wait_for
 
 MODELS = {"test": models.TestRequest, "call": models.CallRequest, "hangup": models.HangupRequest}
 
@@ -164,38 +161,24 @@ def test_unknown_server_and_no_worker_are_worded_as_before(queue_mode: str) -> N
 
 
 def test_redis_killed_while_the_light_path_waits_is_outcome_unknown(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    own_redis: RedisServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     add_kamailio_on_closed_port()
-    port = free_port(udp=False, tcp=True)
-    server = subprocess.Popen(
-        [shutil.which("redis-server") or "redis-server", "--port", str(port), "--bind", "127.0.0.1",
-         "--save", "", "--appendonly", "no", "--dir", str(tmp_path)],
-        stdout=subprocess.DEVNULL,
-    )  # fmt: skip
-    try:
-        url = f"redis://127.0.0.1:{port}/0"
-        assert wait_for(lambda: redis_answers(url), 10)
-        Redis.from_url(url).sadd(keys.rq_workers("sip.kamailio"), "rq:worker:pretend")  # served, idle
-        monkeypatch.setenv("IFBUS_MODE", "queue")
-        monkeypatch.setenv("IFBUS_REDIS_URL", url)
-        monkeypatch.setattr("producer.cli._submit_full", None)
-        queued = threading.Event()
-        original = rqwire.enqueue
+    Redis.from_url(own_redis.url).sadd(keys.rq_workers("sip.kamailio"), "rq:worker:pretend")  # served, idle
+    monkeypatch.setattr("producer.cli._submit_full", None)
+    queued = threading.Event()
+    original = rqwire.enqueue
 
-        def enqueue_then_kill(*args: Any) -> None:
-            original(*args)
-            queued.set()
-            threading.Timer(0.3, server.kill).start()
+    def enqueue_then_kill(*args: Any) -> None:
+        original(*args)
+        queued.set()
+        threading.Timer(0.3, own_redis.kill).start()
 
-        monkeypatch.setattr(rqwire, "enqueue", enqueue_then_kill)
-        result = run("test", "sip", "mykam", "--timeout", "3")
-        assert queued.is_set()
-        assert result.exit_code == 6, result.stderr
-        assert "Redis was lost while waiting" in result.stderr and "ifbus job " in result.stderr
-    finally:
-        server.kill()
-        server.wait()
+    monkeypatch.setattr(rqwire, "enqueue", enqueue_then_kill)
+    result = run("test", "sip", "mykam", "--timeout", "3")
+    assert queued.is_set()
+    assert result.exit_code == 6, result.stderr
+    assert "Redis was lost while waiting" in result.stderr and "ifbus job " in result.stderr
 
 
 def test_resp_client_reports_error_replies_and_reconnects(redis_url: str) -> None:

@@ -15,7 +15,7 @@ from rq.job import JobStatus
 from rq.serializers import JSONSerializer
 
 from producer.cli import cli
-from tests.conftest import BIN, redis_answers
+from tests.conftest import BIN, RedisServer
 from tests.lab import wait_for
 
 
@@ -137,37 +137,18 @@ def test_worker_refuses_a_job_naming_another_function(redis_url: str, tmp_path: 
 
 
 def test_redis_gone_for_good_while_a_caller_waits_is_outcome_unknown(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+    own_redis: RedisServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A real redis-server of this test's own is killed during the caller's blocking pop."""
-    import shutil
     import threading
 
-    from tests.lab import free_port
-
     add_kamailio_on_closed_port()
-    port = free_port(udp=False, tcp=True)
-    server = subprocess.Popen(
-        [shutil.which("redis-server") or "redis-server", "--port", str(port), "--bind", "127.0.0.1",
-         "--save", "", "--appendonly", "no", "--dir", str(tmp_path)],
-        stdout=subprocess.DEVNULL,
-    )  # fmt: skip
-    try:
-        url = f"redis://127.0.0.1:{port}/0"
-        from tests.lab import wait_for
-
-        assert wait_for(lambda: redis_answers(url), 10)
-        monkeypatch.setenv("IFBUS_MODE", "queue")
-        monkeypatch.setenv("IFBUS_REDIS_URL", url)
-        # Nobody consumes the queue, so the caller sits in BLPOP; pretend a worker is registered.
-        monkeypatch.setattr("rq.Worker.count", classmethod(lambda cls, *a, **k: 1))
-        threading.Timer(0.5, server.kill).start()
-        result = run("test", "sip", "mykam", "--timeout", "3", "--request-id", "req-redis-dies")
-        assert result.exit_code == 6, result.stderr
-        assert "Redis was lost while waiting" in result.stderr and "ifbus job req-redis-dies" in result.stderr
-    finally:
-        server.kill()
-        server.wait()
+    # Nobody consumes the queue, so the caller sits in BLPOP; pretend a worker is registered.
+    monkeypatch.setattr("rq.Worker.count", classmethod(lambda cls, *a, **k: 1))
+    threading.Timer(0.5, own_redis.kill).start()
+    result = run("test", "sip", "mykam", "--timeout", "3", "--request-id", "req-redis-dies")
+    assert result.exit_code == 6, result.stderr
+    assert "Redis was lost while waiting" in result.stderr and "ifbus job req-redis-dies" in result.stderr
 
 
 def test_a_duplicate_waiter_reads_the_stored_result_when_the_lease_goes_first(redis_url: str) -> None:

@@ -13,10 +13,8 @@ from __future__ import annotations
 
 import json
 import signal
-import socket
 import subprocess
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -27,7 +25,7 @@ from rq.serializers import JSONSerializer
 
 from bus.models import CallRequest
 from producer.cli import cli
-from tests.conftest import WorkerProcess, redis_answers
+from tests.conftest import RedisServer, WorkerProcess
 from tests.faults import peer
 from tests.lab import wait_for
 
@@ -125,46 +123,6 @@ def test_reply_key_must_be_the_requests_own() -> None:
 
 
 # ---------------------------------------------------------------- item 3: Redis restarts
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-class RedisServer:
-    """A redis-server of our own on a fixed port, so it can be killed and started again there."""
-
-    def __init__(self, folder: Path) -> None:
-        self.port = _free_port()
-        self.folder = folder
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        args = ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-                "--dir", str(self.folder)]  # fmt: skip
-        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        assert wait_for(lambda: redis_answers(self.url), 10), "redis-server did not start"
-
-    def kill(self) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait(10)
-        assert wait_for(lambda: not redis_answers(self.url), 10)
-
-
-@pytest.fixture
-def own_redis(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[RedisServer]:
-    server = RedisServer(tmp_path)
-    server.start()
-    monkeypatch.setenv("IFBUS_MODE", "queue")
-    monkeypatch.setenv("IFBUS_REDIS_URL", server.url)
-    yield server
-    if server.proc is not None and server.proc.poll() is None:
-        server.proc.terminate()
-        server.proc.wait(10)
 
 
 def _registered(url: str) -> bool:
