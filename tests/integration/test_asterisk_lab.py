@@ -25,14 +25,13 @@ import re
 import shutil
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from tests import netns_lab
+from tests import adoption_lab, netns_lab
 from tests.lab import wait_for
 
 NS = netns_lab.Netns(os.environ.get("IFBUS_ASTERISK_NETNS", "labast"))
@@ -210,9 +209,6 @@ adapter.close()
 print(json.dumps(out))
 """
 
-# tests/sipp/ring2_answer_uas.xml: 180, 2 s of ringing, then 200 — the adopter looks while it rings.
-RING_THEN_ANSWER = Path(__file__).resolve().parents[1] / "sipp" / "ring2_answer_uas.xml"
-
 
 def _adopt(party: str, **options: str) -> tuple[str, dict[str, object]]:
     """Place through one process that dies, recover in another: (the call id, what recover said). The
@@ -239,7 +235,7 @@ def test_adopted_calls_end_with_their_real_outcome(lab: Lab, tmp_path: Path) -> 
       that follows sends the party its BYE); exactly one INVITE reached it;
     - `sippring` (rings forever) with answer_timeout=3: seen ringing, then `Hangup` `TechCause: 480` → 480;
     - `sippbusy` (486 at once): gone before the adopter looks, `No such channel` → outcome unknown."""
-    slow = _party(tmp_path, "sipp", ["-sf", str(RING_THEN_ANSWER)])
+    slow = _party(tmp_path, "sipp", ["-sf", str(adoption_lab.RING_THEN_ANSWER)])
     try:
         call_id, result = _adopt(slow.dial)
         assert result["outcome"] == "answered", result
@@ -267,139 +263,25 @@ def test_adopted_calls_end_with_their_real_outcome(lab: Lab, tmp_path: Path) -> 
 # Issue 15 as it happens in production: `ifbus worker asterisk` takes the calls, its follower holds them
 # while they ring, the worker is killed with SIGKILL (no Logoff, no release: its AMI session simply
 # drops), and a second `ifbus worker asterisk` adopts them from the ledger and finishes them from what
-# Asterisk says (recover: Status, then the channel's events).
+# Asterisk says (recover: Status, then the channel's events). The scenarios: tests/adoption_lab.py.
 
-# tests/sipp/ring_uas.xml: 180 and then nothing, until Asterisk CANCELs at answer_timeout.
-RING_FOREVER = Path(__file__).resolve().parents[1] / "sipp" / "ring_uas.xml"
-# The lease of a killed worker's calls runs out LEASE_SECONDS = 3 s after its last refresh (at most 1 s
-# before the kill); adoption then looks every 0.5 s. A party that rings RING_PAST_ADOPTION s is still
-# ringing when the adopter looks, and so is one refused only at REFUSE_AFTER s: both are followed to
-# their end by the adopter. The 2 s party may answer just before or just after the look.
-RING_PAST_ADOPTION = 6
-# With the second worker started only once the callers gave up (about 3 s after the kill, plus its own
-# start-up), a party that rings this long is still ringing when it looks.
-RING_PAST_LATE_ADOPTION = 9
-REFUSE_AFTER = 10
-
-
-def _adoption_server(lab: Lab) -> None:
-    """`adoptast`: the lab Asterisk, answer_timeout=REFUSE_AFTER."""
-    auth = ("--auth", "user=admin", "secret=pass123")
-    options = ("--opt", "context=ctx", "--opt", f"answer_timeout={REFUSE_AFTER}", "--replace")
-    code, _, err = lab.ifbus("add", "sip", "adoptast", "asterisk", *auth, *options)
-    assert code == 0, err
-
-
-def _same_as_stored(adoption: netns_lab.Adoption, caller: netns_lab.Caller) -> None:
-    """What the caller printed is what the bus stored for its request (`ifbus job`): one result."""
-    stored = adoption.settled(caller.request_id, 5.0)
-    assert (stored["message"], stored["call_id"], stored["sip_code"]) == (
-        caller.result["message"], caller.result["call_id"], caller.result["sip_code"]
-    ), (stored, caller.result)  # fmt: skip
+ADOPTION = adoption_lab.AdoptionLab(
+    worker="asterisk", label="Asterisk", server="adoptast",
+    add=("asterisk", "--auth", "user=admin", "secret=pass123", "--opt", "context=ctx",
+         "--opt", f"answer_timeout={adoption_lab.REFUSE_AFTER}"),
+    to="park", call_id=CALL_ID, ringing="Ringing",  # Status's ChannelStateDesc
+    party=lambda work, name, scenario: _party(work, "sipp", ["-sf", str(scenario)], name=name),
+)  # fmt: skip
 
 
 @pytest.mark.skipif(shutil.which("redis-server") is None, reason="redis-server not installed")
 def test_kill_9_with_calls_ringing_every_caller_gets_the_real_outcome(lab: Lab, tmp_path: Path) -> None:
-    """Seven calls through `ifbus worker asterisk` (server `adoptast`, answer_timeout=REFUSE_AFTER): three
-    to a party that rings 2 s and answers, two to one that rings RING_PAST_ADOPTION s and answers, two
-    to one that rings until Asterisk gives up. Once all seven ring at their parties and are in the worker's
-    follower, kill -9 it and start another worker.
-
-    Every caller gets the real final outcome from the adopting worker (the same one `ifbus job` shows):
-    answered (data `recovered`, with what Status saw: `Ringing` for the 6 s party, which answered while
-    the adopter followed it) for five, SIP 480 (Hangup `TechCause: 480` at answer_timeout) for two.
-    Each party saw exactly one INVITE per call (nothing placed twice), and the answered calls are real
-    channels: hanging them up sends each its BYE."""
-    slow = _party(tmp_path, "sipp", ["-sf", str(RING_THEN_ANSWER)], name="ring2")
-    ring6 = netns_lab.ring_then_answer(tmp_path, RING_PAST_ADOPTION)
-    later = _party(tmp_path, "sipp", ["-sf", str(ring6)], name="ring6")
-    ring = _party(tmp_path, "sipp", ["-sf", str(RING_FOREVER)], name="ring")
-    try:
-        _adoption_server(lab)
-        args = ("to=park", "--timeout", "40")
-        calls = {f"ast-kill9-answer2-{i}": ["adoptast", f"from={slow.dial}", *args] for i in range(3)}
-        calls |= {f"ast-kill9-answer6-{i}": ["adoptast", f"from={later.dial}", *args] for i in range(2)}
-        calls |= {f"ast-kill9-refuse-{i}": ["adoptast", f"from={ring.dial}", *args] for i in range(2)}
-        started = time.monotonic()
-
-        def ringing() -> bool:
-            return (slow.count("INVITE"), later.count("INVITE"), ring.count("INVITE")) == (3, 2, 2)
-
-        with netns_lab.kill_9_with_calls_ringing(NS, lab.home, "asterisk", tmp_path, calls, ringing) as adoption:
-            answered = [c for c in adoption.callers if "answer" in c.request_id]
-            for caller in adoption.callers:
-                why = (caller.result, caller.stderr[-500:], adoption.adopter_log[-3000:])
-                if caller in answered:
-                    assert caller.code == 0, why
-                    call_id = str(caller.result["call_id"])
-                    assert CALL_ID.fullmatch(call_id), why
-                    assert caller.result["message"] == f"Call {call_id} answered on adoptast", why
-                    assert caller.result["data"]["recovered"] is True, why  # type: ignore[index]
-                else:
-                    assert caller.code == 5 and caller.result["sip_code"] == 480, why
-                if "answer6" in caller.request_id:
-                    assert caller.result["data"]["state_at_adoption"] == "Ringing", why  # type: ignore[index]
-                _same_as_stored(adoption, caller)
-            assert adoption.adopted() == set(calls), adoption.adopter_log[-3000:]
-
-        invites = slow.invites_by_call() + later.invites_by_call() + ring.invites_by_call()
-        assert len(invites) == 7 and set(invites.values()) == {1}, invites
-        assert ring.wait_count("CANCEL", 2) == 2  # Asterisk gave up on each at answer_timeout
-        call_ids = {str(c.result["call_id"]) for c in answered}
-        assert len(call_ids) == 5
-        for call_id in call_ids:
-            code, answer, err = lab.ifbus("hangup", "sip", "adoptast", f"call_id={call_id}")
-            assert code == 0 and answer["message"] == f"Call {call_id} ended on adoptast", err
-        assert slow.wait_count("BYE", 3) == 3 and later.wait_count("BYE", 2) == 2
-        # counted after the BYEs: no second or retransmitted INVITE came later
-        assert (slow.count("INVITE"), later.count("INVITE"), ring.count("INVITE")) == (3, 2, 2)
-
-        after = {c.request_id: round(c.ended - adoption.killed_at, 2) for c in adoption.callers if c.ended}
-        states = {c.request_id: c.result["data"]["state_at_adoption"] for c in answered}  # type: ignore[index]
-        print(f"\nAsterisk kill -9 with 7 calls ringing, killed {adoption.killed_at - started:.2f} s after submit; "
-              f"answers (s after the kill): {after}; Status saw {states}")  # fmt: skip
-    finally:
-        for party in (slow, later, ring):
-            party.stop()
+    """adoption_lab.every_caller_gets_the_real_outcome on the real Asterisk: the two refused calls end with
+    Hangup `TechCause: 480` at answer_timeout; Status saw the 6 s party `Ringing`."""
+    adoption_lab.every_caller_gets_the_real_outcome(lab, ADOPTION, tmp_path)
 
 
 @pytest.mark.skipif(shutil.which("redis-server") is None, reason="redis-server not installed")
 def test_kill_9_with_no_worker_left_a_later_worker_still_settles_the_calls(lab: Lab, tmp_path: Path) -> None:
-    """The only `ifbus worker asterisk` is killed -9 with two calls ringing and nothing else serves the
-    type: within its window (the lease, about 3 s) no follower is alive to adopt them, so each caller
-    hears "stopped without answering" (exit 6, outcome unknown) rather than waiting in vain. A worker
-    started after that still adopts both and settles them from Asterisk's state, once: `ifbus job` then
-    shows the real outcome (answered after it followed the ringing call; SIP 480 for the one Asterisk gave
-    up on), and each party saw one INVITE."""
-    ring9 = netns_lab.ring_then_answer(tmp_path, RING_PAST_LATE_ADOPTION)
-    later = _party(tmp_path, "sipp", ["-sf", str(ring9)], name="ring9")
-    ring = _party(tmp_path, "sipp", ["-sf", str(RING_FOREVER)], name="ring")
-    try:
-        _adoption_server(lab)
-        args = ("to=park", "--timeout", "40")
-        calls = {"ast-late-answer": ["adoptast", f"from={later.dial}", *args],
-                 "ast-late-refuse": ["adoptast", f"from={ring.dial}", *args]}  # fmt: skip
-
-        def ringing() -> bool:
-            return (later.count("INVITE"), ring.count("INVITE")) == (1, 1)
-
-        with netns_lab.kill_9_with_calls_ringing(NS, lab.home, "asterisk", tmp_path, calls, ringing,
-                                                 restart_late=True) as adoption:  # fmt: skip
-            for caller in adoption.callers:
-                assert caller.code == 6 and "stopped without answering" in str(caller.result["message"]), caller.result
-            answered = adoption.settled("ast-late-answer", 20.0)
-            refused = adoption.settled("ast-late-refuse", 20.0)
-            assert adoption.adopted() == set(calls), adoption.adopter_log[-3000:]
-        call_id = str(answered["call_id"])
-        assert answered["outcome"] == "ok" and answered["message"] == f"Call {call_id} answered on adoptast", answered
-        assert answered["data"] == {**answered["data"], "recovered": True, "state_at_adoption": "Ringing"}  # type: ignore[dict-item]
-        assert refused["outcome"] == "rejected" and refused["sip_code"] == 480, refused
-        code, answer, err = lab.ifbus("hangup", "sip", "adoptast", f"call_id={call_id}")
-        assert code == 0 and answer["message"] == f"Call {call_id} ended on adoptast", err
-        assert later.wait_count("BYE", 1) == 1
-        assert ring.wait_count("CANCEL", 1) == 1
-        invites = later.invites_by_call() + ring.invites_by_call()
-        assert len(invites) == 2 and set(invites.values()) == {1}, invites
-    finally:
-        later.stop()
-        ring.stop()
+    """adoption_lab.a_later_worker_still_settles_the_calls on the real Asterisk."""
+    adoption_lab.a_later_worker_still_settles_the_calls(lab, ADOPTION, tmp_path)

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import pytest
 
-from tests import netns_lab
+from tests import adoption_lab, netns_lab
 from tests.lab import wait_for
 
 NS = netns_lab.Netns(os.environ.get("IFBUS_LAB_NETNS", "labfs"))
@@ -189,9 +189,6 @@ adapter.close()
 print(json.dumps(out))
 """
 
-# tests/sipp/ring2_answer_uas.xml: 180, 2 s of ringing, then 200 — the adopter looks while it rings.
-RING_THEN_ANSWER = Path(__file__).resolve().parents[1] / "sipp" / "ring2_answer_uas.xml"
-
 
 def _adopt(party: str, **options: str) -> tuple[str, dict[str, object]]:
     """Place through one process that dies, recover in another: (the call id, what recover said)."""
@@ -217,7 +214,7 @@ def test_adopted_calls_end_with_their_real_outcome(lab: Lab, tmp_path: Path) -> 
       the party its BYE); exactly one INVITE reached it;
     - the ringing party with originate_timeout=3: seen ringing, then `-ERR NO_ANSWER` → 480;
     - the busy party (486 at once): gone before the adopter looks, `-ERR No such channel!` → outcome unknown."""
-    slow = _party(tmp_path, "ring2", ["-sf", str(RING_THEN_ANSWER)])
+    slow = _party(tmp_path, "ring2", ["-sf", str(adoption_lab.RING_THEN_ANSWER)])
     try:
         call_id, result = _adopt(slow.dial)
         assert result["outcome"] == "answered", result
@@ -244,138 +241,27 @@ def test_adopted_calls_end_with_their_real_outcome(lab: Lab, tmp_path: Path) -> 
 # Issue 15 as it happens in production: `ifbus worker freeswitch` takes the calls, its follower holds
 # them while they ring, the worker is killed with SIGKILL (its event socket drops with the call filters
 # and the BACKGROUND_JOBs still to come), and a second `ifbus worker freeswitch` adopts them from the
-# ledger and finishes them from what FreeSWITCH says (recover: its own filters, then uuid_dump).
+# ledger and finishes them from what FreeSWITCH says (recover: its own filters, then uuid_dump). The
+# scenarios: tests/adoption_lab.py.
 
-# tests/sipp/ring_uas.xml: 180 and then nothing, until FreeSWITCH CANCELs at originate_timeout.
-RING_FOREVER = Path(__file__).resolve().parents[1] / "sipp" / "ring_uas.xml"
-# The lease of a killed worker's calls runs out LEASE_SECONDS = 3 s after its last refresh (at most 1 s
-# before the kill); adoption then looks every 0.5 s. A party that rings RING_PAST_ADOPTION s is still
-# ringing when the adopter looks, and so is one refused only at REFUSE_AFTER s: both are followed to
-# their end by the adopter. The 2 s party may answer just before or just after the look.
-RING_PAST_ADOPTION = 6
-# With the second worker started only once the callers gave up (about 3 s after the kill, plus its own
-# start-up), a party that rings this long is still ringing when it looks.
-RING_PAST_LATE_ADOPTION = 9
-REFUSE_AFTER = 10
-
-
-def _adoption_server(lab: Lab) -> None:
-    """`adoptfs`: the lab FreeSWITCH, originate_timeout=REFUSE_AFTER."""
-    auth = ("--auth", "apikey=labpass", "domain=lab.test")
-    common = ("--host", "127.0.0.1", "--port", "8021", "--opt", "sip_port=5080", "--opt", "context=public")
-    options = ("--opt", f"originate_timeout={REFUSE_AFTER}", "--replace")
-    code, _, err = lab.ifbus("add", "sip", "adoptfs", "freeswitch", *auth, *common, *options)
-    assert code == 0, err
-
-
-def _same_as_stored(adoption: netns_lab.Adoption, caller: netns_lab.Caller) -> None:
-    """What the caller printed is what the bus stored for its request (`ifbus job`): one result."""
-    stored = adoption.settled(caller.request_id, 5.0)
-    assert (stored["message"], stored["call_id"], stored["sip_code"]) == (
-        caller.result["message"], caller.result["call_id"], caller.result["sip_code"]
-    ), (stored, caller.result)  # fmt: skip
+ADOPTION = adoption_lab.AdoptionLab(
+    worker="freeswitch", label="FreeSWITCH", server="adoptfs",
+    add=("freeswitch", "--auth", "apikey=labpass", "domain=lab.test", "--host", "127.0.0.1", "--port", "8021",
+         "--opt", "sip_port=5080", "--opt", "context=public",
+         "--opt", f"originate_timeout={adoption_lab.REFUSE_AFTER}"),
+    to="9196", call_id=UUID, ringing="ringing",  # uuid_dump's Answer-State
+    party=lambda work, name, scenario: _party(work, name, ["-sf", str(scenario)]),
+)  # fmt: skip
 
 
 @pytest.mark.skipif(shutil.which("redis-server") is None, reason="redis-server not installed")
 def test_kill_9_with_calls_ringing_every_caller_gets_the_real_outcome(lab: Lab, tmp_path: Path) -> None:
-    """Seven calls through `ifbus worker freeswitch` (server `adoptfs`, originate_timeout=REFUSE_AFTER): three
-    to a party that rings 2 s and answers, two to one that rings RING_PAST_ADOPTION s and answers, two
-    to one that rings until FreeSWITCH gives up. Once all seven ring at their parties and are in the worker's
-    follower, kill -9 it and start another worker.
-
-    Every caller gets the real final outcome from the adopting worker (the same one `ifbus job` shows):
-    answered (data `recovered`, with the Answer-State uuid_dump showed: `ringing` for the 6 s party,
-    which answered while the adopter followed it) for five, SIP 480 (`-ERR NO_ANSWER` at
-    originate_timeout) for two. Each party saw exactly one INVITE per call (nothing placed twice), and
-    the answered calls are real channels: hanging them up sends each its BYE."""
-    slow = _party(tmp_path, "ring2", ["-sf", str(RING_THEN_ANSWER)])
-    later = _party(tmp_path, "ring6", ["-sf", str(netns_lab.ring_then_answer(tmp_path, RING_PAST_ADOPTION))])
-    ring = _party(tmp_path, "ring", ["-sf", str(RING_FOREVER)])
-    try:
-        _adoption_server(lab)
-        args = ("to=9196", "--timeout", "40")
-        calls = {f"fs-kill9-answer2-{i}": ["adoptfs", f"from={slow.dial}", *args] for i in range(3)}
-        calls |= {f"fs-kill9-answer6-{i}": ["adoptfs", f"from={later.dial}", *args] for i in range(2)}
-        calls |= {f"fs-kill9-refuse-{i}": ["adoptfs", f"from={ring.dial}", *args] for i in range(2)}
-        started = time.monotonic()
-
-        def ringing() -> bool:
-            return (slow.count("INVITE"), later.count("INVITE"), ring.count("INVITE")) == (3, 2, 2)
-
-        with netns_lab.kill_9_with_calls_ringing(NS, lab.home, "freeswitch", tmp_path, calls, ringing) as adoption:
-            answered = [c for c in adoption.callers if "answer" in c.request_id]
-            for caller in adoption.callers:
-                why = (caller.result, caller.stderr[-500:], adoption.adopter_log[-3000:])
-                if caller in answered:
-                    assert caller.code == 0, why
-                    call_id = str(caller.result["call_id"])
-                    assert UUID.fullmatch(call_id), why
-                    assert caller.result["message"] == f"Call {call_id} answered on adoptfs", why
-                    assert caller.result["data"]["recovered"] is True, why  # type: ignore[index]
-                else:
-                    assert caller.code == 5 and caller.result["sip_code"] == 480, why
-                if "answer6" in caller.request_id:
-                    assert caller.result["data"]["state_at_adoption"] == "ringing", why  # type: ignore[index]
-                _same_as_stored(adoption, caller)
-            assert adoption.adopted() == set(calls), adoption.adopter_log[-3000:]
-
-        invites = slow.invites_by_call() + later.invites_by_call() + ring.invites_by_call()
-        assert len(invites) == 7 and set(invites.values()) == {1}, invites
-        assert ring.wait_count("CANCEL", 2) == 2  # FreeSWITCH gave up on each at originate_timeout
-        call_ids = {str(c.result["call_id"]) for c in answered}
-        assert len(call_ids) == 5
-        for call_id in call_ids:
-            code, answer, err = lab.ifbus("hangup", "sip", "adoptfs", f"call_id={call_id}")
-            assert code == 0 and answer["message"] == f"Call {call_id} ended on adoptfs", err
-        assert slow.wait_count("BYE", 3) == 3 and later.wait_count("BYE", 2) == 2
-        # counted after the BYEs: no second or retransmitted INVITE came later
-        assert (slow.count("INVITE"), later.count("INVITE"), ring.count("INVITE")) == (3, 2, 2)
-
-        after = {c.request_id: round(c.ended - adoption.killed_at, 2) for c in adoption.callers if c.ended}
-        states = {c.request_id: c.result["data"]["state_at_adoption"] for c in answered}  # type: ignore[index]
-        print(f"\nFreeSWITCH kill -9 with 7 calls ringing, killed {adoption.killed_at - started:.2f} s after submit; "
-              f"answers (s after the kill): {after}; uuid_dump saw {states}")  # fmt: skip
-    finally:
-        for party in (slow, later, ring):
-            party.stop()
+    """adoption_lab.every_caller_gets_the_real_outcome on the real FreeSWITCH: the two refused calls end
+    with `-ERR NO_ANSWER` at originate_timeout; uuid_dump saw the 6 s party `ringing`."""
+    adoption_lab.every_caller_gets_the_real_outcome(lab, ADOPTION, tmp_path)
 
 
 @pytest.mark.skipif(shutil.which("redis-server") is None, reason="redis-server not installed")
 def test_kill_9_with_no_worker_left_a_later_worker_still_settles_the_calls(lab: Lab, tmp_path: Path) -> None:
-    """The only `ifbus worker freeswitch` is killed -9 with two calls ringing and nothing else serves the
-    type: within its window (the lease, about 3 s) no follower is alive to adopt them, so each caller
-    hears "stopped without answering" (exit 6, outcome unknown) rather than waiting in vain. A worker
-    started after that still adopts both and settles them from FreeSWITCH's state, once: `ifbus job` then
-    shows the real outcome (answered after it followed the ringing call; SIP 480 for the one FreeSWITCH gave
-    up on), and each party saw one INVITE."""
-    later = _party(tmp_path, "ring9", ["-sf", str(netns_lab.ring_then_answer(tmp_path, RING_PAST_LATE_ADOPTION))])
-    ring = _party(tmp_path, "ring", ["-sf", str(RING_FOREVER)])
-    try:
-        _adoption_server(lab)
-        args = ("to=9196", "--timeout", "40")
-        calls = {"fs-late-answer": ["adoptfs", f"from={later.dial}", *args],
-                 "fs-late-refuse": ["adoptfs", f"from={ring.dial}", *args]}  # fmt: skip
-
-        def ringing() -> bool:
-            return (later.count("INVITE"), ring.count("INVITE")) == (1, 1)
-
-        with netns_lab.kill_9_with_calls_ringing(NS, lab.home, "freeswitch", tmp_path, calls, ringing,
-                                                 restart_late=True) as adoption:  # fmt: skip
-            for caller in adoption.callers:
-                assert caller.code == 6 and "stopped without answering" in str(caller.result["message"]), caller.result
-            answered = adoption.settled("fs-late-answer", 20.0)
-            refused = adoption.settled("fs-late-refuse", 20.0)
-            assert adoption.adopted() == set(calls), adoption.adopter_log[-3000:]
-        call_id = str(answered["call_id"])
-        assert answered["outcome"] == "ok" and answered["message"] == f"Call {call_id} answered on adoptfs", answered
-        assert answered["data"] == {**answered["data"], "recovered": True, "state_at_adoption": "ringing"}  # type: ignore[dict-item]
-        assert refused["outcome"] == "rejected" and refused["sip_code"] == 480, refused
-        code, answer, err = lab.ifbus("hangup", "sip", "adoptfs", f"call_id={call_id}")
-        assert code == 0 and answer["message"] == f"Call {call_id} ended on adoptfs", err
-        assert later.wait_count("BYE", 1) == 1
-        assert ring.wait_count("CANCEL", 1) == 1
-        invites = later.invites_by_call() + ring.invites_by_call()
-        assert len(invites) == 2 and set(invites.values()) == {1}, invites
-    finally:
-        later.stop()
-        ring.stop()
+    """adoption_lab.a_later_worker_still_settles_the_calls on the real FreeSWITCH."""
+    adoption_lab.a_later_worker_still_settles_the_calls(lab, ADOPTION, tmp_path)
