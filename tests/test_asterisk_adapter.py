@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import pytest
 
@@ -362,18 +364,40 @@ def _looked(peer: AmiPeer, ref: CallRef) -> bool:
     return any(a.get("Action") == "Status" and a.get("Channel") == ref.call_id for conn in peer.actions for a in conn)
 
 
+@contextmanager
+def ringing_call(
+    peer: AmiPeer, channel: str = "PJSIP/sipp", **options: str
+) -> Iterator[tuple[CallRef, AsteriskAdapter]]:
+    """A call that one adapter (the worker that dies) placed and that now rings at the peer, and a fresh
+    adapter on its own session to adopt it. The wait matters: Asterisk queues an async Originate before
+    the channel exists, and a real adoption comes at least the lease (3 s) later."""
+    worker = adapter(peer, **options)
+    try:
+        ref = worker.originate(channel, "2000", {}, time.monotonic() + T)
+        assert wait_for(lambda: _ringing(peer, ref), T)
+        adopter = adapter(peer)  # made only now, as in a worker that adopts the call
+        try:
+            yield ref, adopter
+        finally:
+            adopter.close()
+    finally:
+        worker.close()
+
+
+def looking(peer: AmiPeer, adopter: AsteriskAdapter, ref: CallRef) -> Recovering:
+    """`recover` under way, once its Status has reached the peer (so what the test does next is news)."""
+    recovering = Recovering(adopter, ref)
+    assert wait_for(lambda: _looked(peer, ref), T)
+    return recovering
+
+
 def test_recover_a_ringing_call_that_is_then_answered() -> None:
     """The call rings when its worker dies: Status says `ChannelState: 5` (Ringing), so the adopter keeps
     listening; the rest of ami_originate_answered_transcript.txt (OriginateResponse Reason 4, Newstate Up)
     then reaches its session, split into 3-byte pieces among other channels' events: answered. Nothing that
     could place a call is sent again."""
-    with AmiPeer(ring=True, noise=True, chunk=3) as peer:
-        worker = adapter(peer)
-        ref = worker.originate("PJSIP/sipp", "2000", {}, time.monotonic() + T)
-        assert wait_for(lambda: _ringing(peer, ref), T)
-        adopter = adapter(peer)
-        recovering = Recovering(adopter, ref)
-        assert wait_for(lambda: _looked(peer, ref), T)
+    with AmiPeer(ring=True, noise=True, chunk=3) as peer, ringing_call(peer) as (ref, adopter):
+        recovering = looking(peer, adopter, ref)
         peer.release()
         answer = recovering.result()
         assert isinstance(answer, Answer), answer
@@ -382,26 +406,20 @@ def test_recover_a_ringing_call_that_is_then_answered() -> None:
         assert answer.data["state_at_adoption"] == "Ringing"
         assert [a["Action"] for a in peer.actions[1]] == ["Login", "Status"]
         assert peer.count("Originate") == 1
-        worker.close()
-        adopter.close()
 
 
 def test_recover_a_ringing_call_that_is_then_not_answered() -> None:
     """ami_originate_noanswer_transcript.txt held while it rings, then released: OriginateResponse
     Reason 3 and Hangup Cause 19 / TechCause 480 reach the adopter → SIP 480, as `follow` says."""
-    with AmiPeer(ring=True, noise=True) as peer:
-        worker = adapter(peer, answer_timeout="5")
-        ref = worker.originate("PJSIP/sippring", "2000", {}, time.monotonic() + T)
-        assert wait_for(lambda: _ringing(peer, ref), T)
-        adopter = adapter(peer)
-        recovering = Recovering(adopter, ref)
-        assert wait_for(lambda: _looked(peer, ref), T)
+    with (
+        AmiPeer(ring=True, noise=True) as peer,
+        ringing_call(peer, "PJSIP/sippring", answer_timeout="5") as (ref, adopter),
+    ):
+        recovering = looking(peer, adopter, ref)
         peer.release()
         exc = recovering.result()
         assert isinstance(exc, CallRejected) and exc.sip_code == 480, exc
         assert exc.details["tech_cause"] == "480" and exc.details["call_id"] == ref.call_id
-        worker.close()
-        adopter.close()
 
 
 def test_recover_a_call_already_answered_at_adoption() -> None:
@@ -439,33 +457,20 @@ def test_recover_a_call_that_is_gone_is_outcome_unknown() -> None:
 
 
 def test_recover_still_ringing_at_the_deadline_is_outcome_unknown() -> None:
-    with AmiPeer(ring=True) as peer:
-        worker = adapter(peer)
-        ref = worker.originate("PJSIP/sipp", "2000", {}, time.monotonic() + T)
-        assert wait_for(lambda: _ringing(peer, ref), T)  # Asterisk queues an Originate before the channel exists
-        adopter = adapter(peer)
+    with AmiPeer(ring=True) as peer, ringing_call(peer) as (ref, adopter):
         with pytest.raises(OutcomeUnknown, match="still ringing"):
             adopter.recover(ref, time.monotonic() + 0.5)
         peer.release()
-        worker.close()
-        adopter.close()
 
 
 def test_recover_session_lost_while_ringing_is_outcome_unknown() -> None:
     """The adopter's own session drops while it listens: what the server did since is unknown."""
-    with AmiPeer(ring=True) as peer:
-        worker = adapter(peer)
-        ref = worker.originate("PJSIP/sipp", "2000", {}, time.monotonic() + T)
-        assert wait_for(lambda: _ringing(peer, ref), T)
-        adopter = adapter(peer)
-        recovering = Recovering(adopter, ref)
-        assert wait_for(lambda: _looked(peer, ref), T)
+    with AmiPeer(ring=True) as peer, ringing_call(peer) as (ref, adopter):
+        recovering = looking(peer, adopter, ref)
         peer.drop_all()
         exc = recovering.result()
         assert isinstance(exc, OutcomeUnknown) and "lost" in exc.message, exc
         assert peer.count("Originate") == 1
-        worker.close()
-        adopter.close()
 
 
 def test_recover_without_permission_names_manager_conf() -> None:
