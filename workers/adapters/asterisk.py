@@ -338,12 +338,7 @@ class AsteriskAdapter(Adapter):
             except TimeoutError:
                 if reason is not None:
                     break  # refused, and no Hangup came within the grace: the channel never existed
-                raise OutcomeUnknown(
-                    f"{self.name}: call {call_id} had no outcome before the deadline "
-                    f"({'ringing' if channel_seen else 'no channel event yet'})",
-                    server=self.name,
-                    call_id=call_id,
-                ) from None
+                raise self.no_outcome_yet(call_id, "ringing" if channel_seen else "no channel event yet") from None
             event = msg.event
             if event == "OriginateResponse":
                 try:
@@ -456,17 +451,8 @@ class AsteriskAdapter(Adapter):
         if reason is not None:
             raise self._rejection(channel_id, reason, None)
         if not found:
-            raise OutcomeUnknown(
-                f"{self.name}: call {channel_id} is no longer on the server (Status: No such channel) and AMI "
-                "keeps no record of how it ended: it may have been answered",
-                server=self.name,
-                call_id=channel_id,
-            )
-        raise OutcomeUnknown(
-            f"{self.name}: call {channel_id} had no outcome before the deadline (still ringing)",
-            server=self.name,
-            call_id=channel_id,
-        )
+            raise self.gone_without_record(channel_id, "is no longer on the server (Status: No such channel)")
+        raise self.no_outcome_yet(channel_id, "still ringing")
 
     def _answered(self, channel_id: str, msg: ami.AmiMessage, looked: str, ended: bool = False) -> Answer:
         """The answer `follow` gives, marked as recovered, with what the look saw (`Ringing`, `Up`, …;

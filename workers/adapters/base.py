@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
 from bus.calls import CallRef
-from bus.errors import AuthFailed, InvalidInput
+from bus.errors import AuthFailed, InvalidInput, OutcomeUnknown
 from bus.server import ServerEntry
 from bus.vendors import vendor
 
@@ -155,6 +155,25 @@ class Adapter(abc.ABC):
             f"Call {call_id} had already ended on {self.name}{suffix}",
             call_id=call_id,
             data={"already_ended": True},
+        )
+
+    def no_outcome_yet(self, call_id: str, seen: str) -> OutcomeUnknown:
+        """One wording for every vendor: the deadline came before the call had an outcome; `seen` says
+        how far it got, so an operator knows whether to look at the server or at the party."""
+        return OutcomeUnknown(
+            f"{self.name}: call {call_id} had no outcome before the deadline ({seen})",
+            server=self.name,
+            call_id=call_id,
+        )
+
+    def gone_without_record(self, call_id: str, why: str) -> OutcomeUnknown:
+        """An adopted call that ended before the adopter looked, on a server that keeps no record of how:
+        the honest answer is outcome unknown, never "refused" (it may have been answered)."""
+        return OutcomeUnknown(
+            f"{self.name}: call {call_id} {why} and {vendor(self.type).label} keeps no record of how it ended: "
+            "it may have been answered",
+            server=self.name,
+            call_id=call_id,
         )
 
     def option_float(self, key: str) -> float:

@@ -320,12 +320,8 @@ class FreeSwitchAdapter(Adapter):
             except TimeoutError:
                 if result is not None:
                     break  # -ERR seen; no hangup event came within the grace
-                raise OutcomeUnknown(
-                    f"{self.name}: call {call_uuid} had no outcome before the deadline "
-                    f"({'answered, ' if answered else ''}no BACKGROUND_JOB yet)",
-                    server=self.name,
-                    call_id=call_uuid,
-                ) from None
+                seen = f"{'answered, ' if answered else ''}no BACKGROUND_JOB yet"
+                raise self.no_outcome_yet(call_uuid, seen) from None
             event = frame.event
             assert event is not None
             if event.name == "BACKGROUND_JOB" and event.get("Job-UUID") == call.job:
@@ -440,17 +436,8 @@ class FreeSwitchAdapter(Adapter):
             "hangup": "was hanging up when we looked",
         }.get(state)
         if why is not None:
-            raise OutcomeUnknown(
-                f"{self.name}: call {call_uuid} {why} and FreeSWITCH keeps no record of how it ended: "
-                "it may have been answered",
-                server=self.name,
-                call_id=call_uuid,
-            )
-        raise OutcomeUnknown(
-            f"{self.name}: call {call_uuid} had no outcome before the deadline (Answer-State {show(state, 20)})",
-            server=self.name,
-            call_id=call_uuid,
-        )
+            raise self.gone_without_record(call_uuid, why)
+        raise self.no_outcome_yet(call_uuid, f"Answer-State {show(state, 20)}")
 
     def _answered(self, call_uuid: str, job: str, looked: str, ended: bool = False) -> Answer:
         """The answer `follow` gives, marked as recovered, with what the look saw (the dump's
