@@ -10,6 +10,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -135,6 +136,27 @@ class RedisServer:
         from tests.lab import wait_for
 
         assert wait_for(lambda: not redis_answers(self.url), 10)
+
+    def kill_when_a_client_blocks(self) -> threading.Thread:
+        """Kill the server, in a thread, once a client sits in a blocking pop (CLIENT LIST `cmd=blpop`):
+        Redis lost exactly while a caller waits, wherever the machine's load puts that moment. The test
+        joins the thread; if no client ever blocks, the server lives and the test's own assertions fail."""
+        from redis import Redis
+
+        from tests.lab import wait_for
+
+        watcher = Redis.from_url(self.url)
+
+        def blocked() -> bool:
+            return any(client.get("cmd") == "blpop" for client in watcher.client_list())
+
+        def watch() -> None:
+            if wait_for(blocked, 30):
+                self.kill()
+
+        thread = threading.Thread(target=watch, daemon=True)
+        thread.start()
+        return thread
 
 
 @pytest.fixture

@@ -169,13 +169,14 @@ def test_redis_killed_while_the_light_path_waits_is_outcome_unknown(
     queued = threading.Event()
     original = rqwire.enqueue
 
-    def enqueue_then_kill(*args: Any) -> None:
+    def enqueue_and_note(*args: Any) -> None:
         original(*args)
         queued.set()
-        threading.Timer(0.3, own_redis.kill).start()
 
-    monkeypatch.setattr(rqwire, "enqueue", enqueue_then_kill)
+    monkeypatch.setattr(rqwire, "enqueue", enqueue_and_note)
+    killer = own_redis.kill_when_a_client_blocks()  # the light path's BLPOP on its reply key
     result = run("test", "sip", "mykam", "--timeout", "3")
+    killer.join(30)
     assert queued.is_set()
     assert result.exit_code == 6, result.stderr
     assert "Redis was lost while waiting" in result.stderr and "ifbus job " in result.stderr

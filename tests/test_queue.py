@@ -140,13 +140,12 @@ def test_redis_gone_for_good_while_a_caller_waits_is_outcome_unknown(
     own_redis: RedisServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A real redis-server of this test's own is killed during the caller's blocking pop."""
-    import threading
-
     add_kamailio_on_closed_port()
     # Nobody consumes the queue, so the caller sits in BLPOP; pretend a worker is registered.
     monkeypatch.setattr("rq.Worker.count", classmethod(lambda cls, *a, **k: 1))
-    threading.Timer(0.5, own_redis.kill).start()
+    killer = own_redis.kill_when_a_client_blocks()
     result = run("test", "sip", "mykam", "--timeout", "3", "--request-id", "req-redis-dies")
+    killer.join(30)
     assert result.exit_code == 6, result.stderr
     assert "Redis was lost while waiting" in result.stderr and "ifbus job req-redis-dies" in result.stderr
 
@@ -177,10 +176,26 @@ def test_a_duplicate_waiter_reads_the_stored_result_when_the_lease_goes_first(re
         pipe.delete(keys.lease(request.request_id))
         pipe.execute()
 
-    timer = threading.Timer(1.5, worker_finishes)  # after the waiter has seen the lease once
-    timer.start()
+    class Ledger(RedisLedger):
+        """Notes when the waiter has seen the worker's lease: only then may the worker finish."""
+
+        seen = threading.Event()
+
+        def read_lease(self, request_id: str) -> str | None:
+            lease = super().read_lease(request_id)
+            if lease is not None:
+                self.seen.set()
+            return lease
+
+    def finish_once_seen() -> None:
+        if Ledger.seen.wait(30):
+            worker_finishes()
+
+    finisher = threading.Thread(target=finish_once_seen)
+    finisher.start()
     waiter_key = keys.waiter_reply(request.request_id, "0123456789ab")
     producer = Producer(Settings(mode="queue", redis_url=redis_url))
-    answer = producer._wait(redis, RedisLedger(redis), waiter_key, request, "sip.kamailio")
-    timer.join()
+    answer = producer._wait(redis, Ledger(redis), waiter_key, request, "sip.kamailio")
+    finisher.join()
+    assert Ledger.seen.is_set()
     assert answer.exit_code == 0 and answer.message == "kamailio 5.6.3"
