@@ -106,8 +106,9 @@ def test_hangup_requests_check_the_call_id() -> None:
 Builder = Callable[[str, str, str], Iterable[str]]
 
 
-# Each entry: (name, builder(from, to, call_id) -> the party/id strings it puts on the wire).
-# The lead adds one line per adapter request builder once the seam lands.
+# Each entry: (name, builder(from, to, call_id) -> the party/id strings it puts on the wire). Every adapter
+# turns a party into wire form through bus.sip.for_vendor (one line per vendor below); Kamailio adds its
+# tracking parameter. The line-protocol builders (AMI, ESL) are fuzzed to the bytes in test_security_wire.py.
 def _vendor(vendor: str) -> Builder:
     return lambda f, t, c: (for_vendor(f, vendor, domain=DOMAIN), for_vendor(t, vendor, domain=DOMAIN))
 
