@@ -321,7 +321,6 @@ class Follower:
                     continue
                 self._track(record, POOL.get(record.server, entry), self._slot_of(record, entry), since, adopted=True)
 
-
     def _slot_of(self, record: FollowRecord, entry: Any) -> Callable[[bool], None] | None:
         """The adopted call's place in its server's max_concurrent: this follower frees it when the call
         settles, as the dead one would have (else it stays held until the dead caller's deadline)."""
