@@ -11,9 +11,9 @@ from typing import Any, NamedTuple
 
 from bus.credentials import max_auth_len
 from bus.errors import InvalidInput
-from bus.secrets import mask_userinfo
+from bus.secrets import mask, mask_userinfo
 from bus.validate import MAX_VALUE, check_key, check_value, show
-from bus.vendors import is_secret, mask, missing_auth, vendor
+from bus.vendors import is_secret, missing_auth, vendor
 
 FIELDS = ("type", "auth", "host", "port", "pool", "options")
 # Numeric options: a value read with float() would take `nan`, `inf` and `-1` and turn them into a

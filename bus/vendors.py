@@ -13,7 +13,6 @@ from types import MappingProxyType
 from typing import NamedTuple
 
 from bus.secrets import is_secret_key
-from bus.secrets import mask as mask  # bus.server masks with the catalogue's names
 from bus.sip.uri import SIP_PORT
 
 ESL_PORT = 8021  # mod_event_socket's default: FreeSWITCH, and the FreeSWITCH under FusionPBX
